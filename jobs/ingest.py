@@ -1,0 +1,77 @@
+"""`autt ingest`: manifest (or dataset adapter) -> OUT/manifest/ (one part per shard).
+
+Reads and validates the whole manifest first (manifest-level faults abort here, before any
+work), appends new samples as a new batch of fixed shards, then probes each pending shard
+as one Ray actor call. Per-sample faults become rows; ``--strict`` makes them abort.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from jobs.runner import StageRun, run_shards
+from pipeline import io
+from pipeline.config import Config
+from pipeline.ingest import batches, manifest
+from pipeline.ingest.stage import IngestStage, fingerprint_config, input_digest
+from pipeline.shards import Fingerprint, plan
+from pipeline.workspace import Workspace
+
+CLASSES_FILE = ("manifest", "_classes.json")
+
+
+def load_rows(cfg: Config, ws: Workspace):
+    """Input rows and the class list, validated (raises ManifestError)."""
+    ing = cfg.ingest
+    stored = _stored_classes(ws)
+    classes = ing.classes or stored or ()
+    if ing.dataset == "manifest":
+        if not ing.manifest:
+            raise manifest.ManifestError("no manifest given: pass --manifest FILE "
+                                         "(or --dataset NAME --root PATH)")
+        raw = manifest.read_manifest(ing.manifest)
+        source = ing.manifest
+    else:
+        from pipeline.ingest.adapters import scan_from_config
+
+        raw = scan_from_config(ing)
+        source = f"{ing.dataset} dataset at {ing.root}"
+    split = manifest.read_split(ing.split) if ing.split else None
+    rows, classes = manifest.normalise(
+        raw, classes=tuple(classes), split=split, target_subjects=cfg.protocol.target_subjects,
+        default_media=ing.media, source=source)
+    return rows, classes
+
+
+def _stored_classes(ws: Workspace) -> tuple[str, ...]:
+    url = ws.url(*CLASSES_FILE)
+    return tuple(json.loads(io.read_text(url))) if io.exists(url) else ()
+
+
+def run(cfg: Config, run_id: str) -> StageRun:
+    ws = Workspace(cfg.run.out)
+    rows, classes = load_rows(cfg, ws)
+    bad = rows[rows["status"] != "ok"]
+    if cfg.run.strict and len(bad):
+        r = bad.iloc[0]
+        raise manifest.ManifestError(f"--strict: sample {r.sample_id!r} is {r.status}: {r.error}")
+    counts = batches.assign(ws, rows, classes, cfg.ingest.shard_size,
+                            recompute=cfg.run.recompute, run_id=run_id)
+    stored = _stored_classes(ws)
+    if tuple(classes) != stored:
+        io.write_text_atomic(ws.url(*CLASSES_FILE), json.dumps(list(classes)))
+    conf = fingerprint_config(cfg.ingest, classes)
+    fps = {s: {"manifest": Fingerprint(config=conf, inputs={"plan": input_digest(ws, s)})}
+           for s in batches.shard_ids(ws)}
+    todo = plan(ws, "manifest", {s: f["manifest"] for s, f in fps.items()},
+                recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,
+                failure_statuses=IngestStage.failure_statuses)
+    factory = functools.partial(_make_stage, cfg.ingest, cfg.run.strict)
+    result = run_shards("ingest", ws, factory, todo, fps, run_id, cfg.run, primary="manifest")
+    result.extra.update(counts)
+    return result
+
+
+def _make_stage(ingest_cfg, strict: bool, num_threads: int | None):
+    return IngestStage(ingest_cfg, num_threads, strict=strict)

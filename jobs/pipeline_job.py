@@ -1,0 +1,103 @@
+"""The pipeline jobs behind `autt ingest|faces|embed|run|demo`, read top to bottom.
+
+In: a resolved Config and the command. Out: tables under ``cfg.run.out``, the resolved
+config under ``OUT/runs/<run_id>/``, and a summary on stdout. Ray is started once per
+invocation (or joined with ``run.ray_address``) and always shut down.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from jobs import ingest as ingest_job
+from jobs.runner import ShardFailed, StageRun, ray_session
+from pipeline import io
+from pipeline.config import Config, to_yaml
+from pipeline.ingest.batches import SampleChanged
+from pipeline.ingest.manifest import ManifestError
+from pipeline.shards import StageChanged
+from pipeline.workspace import Workspace, new_run_id
+
+
+class UserError(Exception):
+    """Errors that are the user's to fix: printed as one line, exit code 2."""
+
+
+USER_ERRORS = (ManifestError, StageChanged, SampleChanged, FileNotFoundError)
+
+
+def defaults(command: str) -> list[str]:
+    """Overrides applied before the user's (the demo's small, random-init CLIP)."""
+    if command == "demo":
+        from jobs.demo import DEMO_DEFAULTS
+
+        return list(DEMO_DEFAULTS)
+    return []
+
+
+def main(command: str, cfg: Config, fused: bool = False) -> int:
+    run_id = new_run_id()
+    ws = Workspace(cfg.run.out)
+    _record_run(ws, run_id, command, cfg)
+    stop = ray_session(cfg.run) if cfg.run.executor == "ray" else (lambda: None)
+    t0 = time.perf_counter()
+    results: list[StageRun] = []
+    try:
+        if command == "demo":
+            from jobs.demo import prepare
+
+            cfg = prepare(cfg)
+        if command in ("ingest", "run", "demo"):
+            results.append(ingest_job.run(cfg, run_id))
+        if command == "faces":
+            from jobs import faces as faces_job
+
+            results.append(faces_job.run(cfg, run_id))
+        if command == "embed" and not fused:
+            from jobs import embed as embed_job
+
+            results.append(embed_job.run(cfg, run_id))
+        if command in ("run", "demo") or (command == "embed" and fused):
+            from jobs import embed as embed_job
+
+            results.extend(embed_job.run_fused(cfg, run_id))
+    except USER_ERRORS as exc:
+        raise UserError(str(exc)) from exc
+    finally:
+        stop()
+    _write_summary(ws, run_id, results, time.perf_counter() - t0)
+    _print_summary(ws, results, command)
+    failed = {r.stage: r.failed for r in results if r.failed}
+    if failed:
+        print(f"autt {command}: shards failed: {json.dumps(failed)}; rerun the same command "
+              "to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _record_run(ws: Workspace, run_id: str, command: str, cfg: Config) -> None:
+    io.write_text_atomic(ws.url("runs", run_id, "config.yaml"),
+                         f"# autt {command} (run {run_id})\n" + to_yaml(cfg))
+
+
+def _write_summary(ws: Workspace, run_id: str, results: list[StageRun], seconds: float) -> None:
+    summary = {"run_id": run_id, "seconds": round(seconds, 2), "stages": [
+        {"stage": r.stage, "shards_done": len(r.done), "shards_skipped": r.skipped,
+         "shards_failed": r.failed, "seconds": round(r.seconds, 2), **r.extra} for r in results]}
+    io.write_text_atomic(ws.url("runs", run_id, "summary.json"), json.dumps(summary, indent=1))
+
+
+def _print_summary(ws: Workspace, results: list[StageRun], command: str) -> None:
+    for r in results:
+        tables = sorted({t for s in r.done for t in s["tables"]})
+        counts = {t: dict(r.status_counts(t)) for t in tables}
+        print(f"{r.stage}: {len(r.done)} shard(s) done, {r.skipped} already done, "
+              f"{len(r.failed)} failed in {r.seconds:.1f}s {json.dumps(counts) if counts else ''}")
+    print("tables:")
+    for table in ws.tables():
+        print(f"  {table:<34} {ws.url(table)}")
+
+
+__all__ = ["main", "defaults", "UserError", "ShardFailed"]

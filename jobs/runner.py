@@ -1,0 +1,168 @@
+"""Run a stage's shards on a Ray cluster (or in-process) with progress and fault tolerance.
+
+In: a stage factory (builds the heavy stage once per worker), the shards to do and their
+fingerprints. Out: one summary per shard; shards that raised are reported and the others
+finish. Ray appears here, never in the library's stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipeline.config import RunConfig
+from pipeline.shards import Fingerprint, Plan, execute
+from pipeline.workspace import Workspace
+
+log = logging.getLogger("autt")
+
+
+@dataclass
+class StageRun:
+    stage: str
+    done: list[dict] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # shard -> error message
+    skipped: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)  # stage-specific counts for the summary
+
+    def status_counts(self, table: str) -> Counter:
+        c: Counter = Counter()
+        for s in self.done:
+            c.update(s["tables"].get(table, {}).get("status_counts", {}))
+        return c
+
+
+class _Worker:
+    """Holds one built stage; runs shards on it (a Ray actor, or a plain object locally)."""
+
+    def __init__(self, factory: Callable, num_threads: int | None):
+        import pipeline  # noqa: F401  (torchvision fix in this process)
+
+        self.stage = factory(num_threads)
+
+    def run(self, root: str, shard_id: str, fps: dict, mode: str, run_id: str) -> dict:
+        return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id)
+
+
+class ShardFailed(RuntimeError):
+    """One or more shards raised; their names and messages are in the text."""
+
+
+def ray_session(run: RunConfig):
+    """Start (or join) Ray once; returns a callable that shuts it down if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return lambda: None
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    if run.ray_address:
+        ray.init(address=run.ray_address, **kwargs)
+    else:
+        ray.init(num_cpus=run.num_cpus, **kwargs)
+    return ray.shutdown
+
+
+def _resources(run: RunConfig, n_todo: int, wants_gpu: bool) -> tuple[int, float, float, int]:
+    """(workers, cpus per worker, gpus per worker, torch threads) from the cluster."""
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    if wants_gpu and gpus >= 1:
+        n = run.workers or int(gpus)
+        n = max(1, min(n, n_todo))
+        return n, max(0.5, min(cpus / n, 4.0) * 0.9), 1.0, max(1, int(cpus // n))
+    n = max(1, min(run.workers or int(cpus), n_todo))
+    per = cpus / n
+    # Slightly under a whole share, so a driver-side task or a restarted actor still fits.
+    return n, per * 0.9, 0.0, max(1, int(round(per)))
+
+
+def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
+               fingerprints: dict[str, dict[str, Fingerprint]], run_id: str, run: RunConfig,
+               *, wants_gpu: bool = False, primary: str | None = None) -> StageRun:
+    """Execute ``plan.todo`` shards; ``fingerprints[shard][table]``."""
+    result = StageRun(stage=name, skipped=len(plan.skip))
+    todo = plan.todo
+    t0 = time.perf_counter()
+    if not todo:
+        _say(run, f"[{name}] nothing to do ({len(plan.skip)} shard(s) already done)")
+        return result
+    _say(run, f"[{name}] {len(todo)} shard(s) to do, {len(plan.skip)} already done")
+    if run.executor == "local":
+        worker = _Worker(factory, None)
+        for shard in todo:
+            try:
+                summary = worker.run(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id)
+            except Exception as exc:  # a failed shard must not stop the others
+                result.failed[shard] = f"{type(exc).__name__}: {exc}"
+                _say(run, f"[{name}] shard {shard} FAILED: {exc}")
+                continue
+            result.done.append(summary)
+            _progress(run, name, result, len(todo), summary, primary, t0)
+    else:
+        _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary,
+                    result, t0)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary, result,
+                t0) -> None:
+    import ray
+
+    todo = plan.todo
+    n, cpus, gpus, threads = _resources(run, len(todo), wants_gpu)
+    env = {k: v for k, v in os.environ.items() if k.startswith(("AUTT_", "HF_"))}
+    actor_cls = ray.remote(_Worker).options(
+        num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2,
+        runtime_env={"env_vars": env} if env else None)
+    actors = [actor_cls.remote(factory, threads) for _ in range(n)]
+    pending: dict = {}
+    queue = list(todo)
+    try:
+        free = list(actors)
+        while queue or pending:
+            while queue and free:
+                shard = queue.pop(0)
+                actor = free.pop()
+                ref = actor.run.remote(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id)
+                pending[ref] = (shard, actor)
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            shard, actor = pending.pop(ready[0])
+            free.append(actor)
+            try:
+                summary = ray.get(ready[0])
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                msg = str(exc).strip().splitlines()
+                result.failed[shard] = msg[-1] if msg else type(exc).__name__
+                _say(run, f"[{name}] shard {shard} FAILED: {result.failed[shard]}")
+                continue
+            result.done.append(summary)
+            _progress(run, name, result, len(todo), summary, primary, t0)
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+def _progress(run: RunConfig, name: str, result: StageRun, total: int, summary: dict,
+              primary: str | None, t0: float) -> None:
+    table = primary or next(iter(summary["tables"]))
+    counts = summary["tables"].get(table, {}).get("status_counts", {})
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    done = len(result.done) + len(result.failed)
+    _say(run, f"[{name}] {done}/{total} shard {summary['shard_id']}: "
+              f"{summary['tables'].get(table, {}).get('rows', 0)} rows ({shown}) "
+              f"[{time.perf_counter() - t0:.1f}s]")
+
+
+def _say(run: RunConfig, text: str) -> None:
+    if run.progress:
+        print(text, file=sys.stderr, flush=True)

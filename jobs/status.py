@@ -1,0 +1,53 @@
+"""`autt status --out OUT`: per table, shards and samples done, pending and failed.
+
+In: a workspace root. Out: a table on stdout, read only from done markers, ingest batch
+plans and statistics (no data part is opened).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pipeline.ingest import batches
+from pipeline.workspace import Workspace
+
+
+def summarise(root: str) -> list[dict]:
+    ws = Workspace(root)
+    planned = batches.shard_ids(ws)
+    rows = []
+    for table in ["manifest"] + [t for t in ws.tables() if t != "manifest"]:
+        markers = ws.markers(table)
+        counts: Counter = Counter()
+        for m in markers.values():
+            counts.update(m.get("status_counts", {}))
+        missing = [s for s in planned if s not in markers]
+        rows.append({
+            "table": table, "shards_done": len(markers), "shards_missing": len(missing),
+            "rows": sum(m.get("rows", 0) for m in markers.values()),
+            "samples_in": sum(m.get("rows_in", 0) for m in markers.values()),
+            "status": dict(sorted(counts.items())),
+            "failed": sum(n for s, n in counts.items() if s in _failed(markers)),
+        })
+    return rows
+
+
+def _failed(markers: dict) -> set[str]:
+    out: set[str] = set()
+    for m in markers.values():
+        out.update(m.get("failure_statuses", []))
+    return out
+
+
+def main(root: str) -> int:
+    rows = summarise(root)
+    if not rows or (rows[0]["shards_done"] == 0 and rows[0]["shards_missing"] == 0):
+        print(f"{root}: no ingested samples yet (run `autt ingest --out {root} ...`)")
+        return 0
+    print(f"{'table':<38} {'shards done':>11} {'missing':>8} {'samples':>8} {'rows':>8} "
+          f"{'failed':>7}  status counts")
+    for r in rows:
+        shown = ", ".join(f"{k} {v}" for k, v in r["status"].items())
+        print(f"{r['table']:<38} {r['shards_done']:>11} {r['shards_missing']:>8} "
+              f"{r['samples_in']:>8} {r['rows']:>8} {r['failed']:>7}  {shown}")
+    return 0

@@ -1,0 +1,113 @@
+"""Append-only ingest batches and their fixed shards.
+
+In: validated input rows (``manifest.normalise``) and the workspace. Out: the batch plans
+under ``OUT/manifest/_plan/``: every sample is assigned once, to batch ``bNNNN`` and shard
+``bNNNN-sKKKK`` (``shard_size`` samples in sample_id order). Re-ingesting the same samples
+assigns nothing; new samples form a new batch, so existing shards never change membership.
+A sample whose row changed (label, path, role, ...) is refused, naming it, unless
+``recompute`` (then its row is updated in place and its shard is redone).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from pipeline import io, parquet
+from pipeline.ingest.manifest import INPUT_COLUMNS
+from pipeline.workspace import Workspace
+from schemas import get
+
+log = logging.getLogger(__name__)
+PLAN_DIR = ("manifest", "_plan")
+COMPARED = ("video_id", "subject_id", "label", "role", "path", "media", "start", "end",
+            "time_unit", "status", "error")
+
+
+class SampleChanged(RuntimeError):
+    """Samples already ingested arrive with different values."""
+
+
+def read_plans(ws: Workspace) -> pd.DataFrame:
+    folder = ws.url(*PLAN_DIR)
+    frames = [parquet.read(io.join(folder, n)).to_pandas() for n in io.listdir(folder)
+              if n.endswith(".parquet")]
+    if not frames:
+        return pd.DataFrame(columns=[*INPUT_COLUMNS, "label_index", "batch", "shard_id"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def assign(ws: Workspace, rows: pd.DataFrame, classes: tuple[str, ...], shard_size: int, *,
+           recompute: bool, run_id: str) -> dict:
+    """Record new samples as a new batch; return counts {new, known, changed, absent}."""
+    plans = read_plans(ws)
+    known = plans.set_index("sample_id") if len(plans) else None
+    is_known = rows["sample_id"].isin(plans["sample_id"]) if len(plans) else pd.Series(False, index=rows.index)
+    changed = _changed(rows[is_known], known) if known is not None else {}
+    if changed and not recompute:
+        ids = sorted(changed)
+        detail = "; ".join(f"{s}: {', '.join(changed[s])}" for s in ids[:5])
+        raise SampleChanged(f"{len(ids)} already-ingested sample(s) changed ({detail}"
+                            f"{' ...' if len(ids) > 5 else ''}). Rerun with --recompute to update "
+                            "them, or give them new sample_ids.")
+    if changed:
+        _rewrite(ws, plans, rows.set_index("sample_id").loc[sorted(changed)], classes, run_id)
+    new = rows[~is_known].sort_values("sample_id")
+    if len(new):
+        batch = int(plans["batch"].max()) + 1 if len(plans) else 0
+        new = new.assign(batch=batch, shard_id=[f"b{batch:04d}-s{i // shard_size:04d}"
+                                                for i in range(len(new))])
+        _write_plan(ws, batch, new, classes, run_id)
+    absent = int((~plans["sample_id"].isin(rows["sample_id"])).sum()) if len(plans) else 0
+    if absent:
+        log.warning("%d sample(s) in the workspace are not in this manifest; they are kept", absent)
+    return {"new": len(new), "known": int(is_known.sum()), "changed": len(changed), "absent": absent}
+
+
+def _changed(rows: pd.DataFrame, known: pd.DataFrame) -> dict[str, list[str]]:
+    out = {}
+    for row in rows.itertuples(index=False):
+        old = known.loc[row.sample_id]
+        diffs = [f"{c} {old[c]!r} -> {getattr(row, c)!r}" for c in COMPARED
+                 if not _same(old[c], getattr(row, c))]
+        if diffs:
+            out[row.sample_id] = diffs
+    return out
+
+
+def _same(a, b) -> bool:
+    a_na, b_na = a is None or (isinstance(a, float) and pd.isna(a)), b is None or (
+        isinstance(b, float) and pd.isna(b))
+    if a_na or b_na:
+        return a_na and b_na
+    return a == b
+
+
+def _write_plan(ws: Workspace, batch: int, df: pd.DataFrame, classes, run_id: str) -> None:
+    idx = {c: i for i, c in enumerate(classes)}
+    df = df.assign(label_index=[idx.get(v) if v is not None else None for v in df["label"]])
+    cols = {c: df[c].tolist() for c in (*INPUT_COLUMNS, "label_index", "batch", "shard_id")}
+    table = parquet.to_table(cols, get("manifest"))
+    parquet.write(ws.url(*PLAN_DIR, f"b{batch:04d}.parquet"),
+                  parquet.with_run_metadata(table, run_id=run_id, classes=",".join(classes)))
+
+
+def _rewrite(ws: Workspace, plans: pd.DataFrame, updates: pd.DataFrame, classes, run_id) -> None:
+    plans = plans.set_index("sample_id")
+    for col in COMPARED:
+        plans.loc[updates.index, col] = updates[col]
+    plans = plans.reset_index()
+    for batch in sorted(plans.loc[plans["sample_id"].isin(updates.index), "batch"].unique()):
+        _write_plan(ws, int(batch), plans[plans["batch"] == batch], classes, run_id)
+
+
+def shard_rows(ws: Workspace, shard_id: str) -> pd.DataFrame:
+    batch = shard_id.split("-")[0]
+    df = parquet.read(ws.url(*PLAN_DIR, f"{batch}.parquet")).to_pandas()
+    return df[df["shard_id"] == shard_id].reset_index(drop=True)
+
+
+def shard_ids(ws: Workspace) -> list[str]:
+    plans = read_plans(ws)
+    return sorted(plans["shard_id"].unique()) if len(plans) else []

@@ -1,0 +1,196 @@
+"""Read and validate a user's manifest (and split file) into sample rows.
+
+In: a CSV or Parquet manifest with columns ``video_id, subject_id, label, path`` and
+optional ``sample_id, start, end, time_unit, split, media``; optionally a split file
+``subject_id, role``; the declared class list; the protocol's target subjects.
+Out: a DataFrame of input sample rows (MANIFEST columns before probing).
+
+Manifest-level faults raise :class:`ManifestError` before any work: unreadable file,
+missing or unknown columns, duplicate ``sample_id``, labels outside the class list, a
+subject in both roles, unknown roles. Per-sample faults (an empty path, an empty subject)
+become rows with a status so that every other sample goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pandas as pd
+
+from pipeline import io
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("video_id", "subject_id", "label", "path")
+OPTIONAL = ("sample_id", "start", "end", "time_unit", "split", "media")
+ROLES = ("source", "target")
+MEDIA = ("video", "frames", "faces")
+INPUT_COLUMNS = ("sample_id", "video_id", "subject_id", "label", "role", "path", "media",
+                 "start", "end", "time_unit", "status", "error")
+
+
+class ManifestError(ValueError):
+    """The manifest (or split file) as a whole is unusable."""
+
+
+def read_frame(url: str, what: str) -> pd.DataFrame:
+    """Read a CSV/Parquet file as strings (empty cells -> None)."""
+    if not io.exists(url):
+        raise ManifestError(f"{what} {url!r} does not exist")
+    try:
+        if url.endswith(".parquet"):
+            fs, path = io.fs_and_path(url)
+            df = pd.read_parquet(path, filesystem=fs)
+            df = df.astype(object).where(df.notna(), None)
+        else:
+            fs, path = io.fs_and_path(url)
+            with fs.open(path, "rb") as f:
+                df = pd.read_csv(f, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read {what} {url!r}: {exc}") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.map(lambda v: None if v is None or (isinstance(v, str) and not v.strip())
+                else (v.strip() if isinstance(v, str) else v))
+    return df
+
+
+def read_manifest(url: str) -> pd.DataFrame:
+    """The user's manifest as raw rows, with column checks; paths resolved."""
+    df = read_frame(url, "manifest")
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ManifestError(f"manifest {url!r} lacks required column(s) {missing}; "
+                            f"it has {list(df.columns)}")
+    unknown = [c for c in df.columns if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise ManifestError(f"manifest {url!r} has unknown column(s) {unknown}; "
+                            f"allowed: {list(REQUIRED + OPTIONAL)}")
+    if df.empty:
+        raise ManifestError(f"manifest {url!r} has no rows")
+    base = io.parent(url)
+    df["path"] = [None if p is None else io.absolute(str(p), base) for p in df["path"]]
+    return df
+
+
+def read_split(url: str) -> dict[str, str]:
+    df = read_frame(url, "split file")
+    missing = [c for c in ("subject_id", "role") if c not in df.columns]
+    if missing:
+        raise ManifestError(f"split file {url!r} lacks column(s) {missing}; it has {list(df.columns)}")
+    roles: dict[str, str] = {}
+    for subject, role in zip(df["subject_id"], df["role"]):
+        subject, role = str(subject), str(role).lower() if role else role
+        if role not in ROLES:
+            raise ManifestError(f"split file {url!r}: subject {subject!r} has unknown role "
+                                f"{role!r}; roles are {list(ROLES)}")
+        if roles.get(subject, role) != role:
+            raise ManifestError(f"split file {url!r}: subject {subject!r} is in both roles")
+        roles[subject] = role
+    return roles
+
+
+def normalise(df: pd.DataFrame, *, classes: tuple[str, ...], split: dict[str, str] | None,
+              target_subjects: tuple[str, ...] = (), default_media: str = "auto",
+              source: str = "manifest") -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """Validate rows and return (input rows, class list). ``df`` may carry ``status`` and
+    ``error`` (adapter rows that did not parse); they pass through as rows."""
+    df = df.copy()
+    for col in ("sample_id", "start", "end", "time_unit", "split", "media", "status", "error"):
+        if col not in df.columns:
+            df[col] = None
+    df["status"] = df["status"].fillna("ok")
+    for col in ("video_id", "subject_id", "label"):
+        df[col] = [None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
+                   for v in df[col]]
+
+    df["sample_id"] = [_sample_id(r) for r in df.itertuples()]
+    dup = df["sample_id"][df["sample_id"].duplicated(keep=False)]
+    if len(dup):
+        raise ManifestError(f"{source}: duplicate sample_id {sorted(set(dup))[:5]} "
+                            f"({dup.nunique()} duplicated); give a sample_id column or "
+                            "distinct start/end per row")
+
+    classes = _classes(df, classes, source)
+    df["role"] = _roles(df, split, target_subjects, source)
+
+    df["time_unit"] = df["time_unit"].fillna("s")
+    bad_unit = df.loc[~df["time_unit"].isin(["s", "frame"]), "time_unit"]
+    if len(bad_unit):
+        raise ManifestError(f"{source}: time_unit must be 's' or 'frame', got {bad_unit.iloc[0]!r}")
+    for col in ("start", "end"):
+        df[col] = _to_float(df[col], col, source)
+    bad_span = df[(df["start"].notna()) & (df["end"].notna()) & (df["start"] >= df["end"])]
+    if len(bad_span):
+        r = bad_span.iloc[0]
+        raise ManifestError(f"{source}: sample {r.sample_id!r} has start {r.start} >= end {r.end}")
+    media = df["media"].fillna(default_media)
+    bad_media = media[~media.isin(MEDIA + ("auto",))]
+    if len(bad_media):
+        raise ManifestError(f"{source}: media must be one of {list(MEDIA)}, got {bad_media.iloc[0]!r}")
+    df["media"] = media
+
+    ok = df["status"] == "ok"
+    no_subject = ok & df["subject_id"].isna()
+    df.loc[no_subject, ["status", "error"]] = ["bad_row", "subject_id is empty"]
+    no_path = (df["status"] == "ok") & df["path"].isna()
+    df.loc[no_path, ["status", "error"]] = ["missing", "path is empty"]
+    df = df.sort_values("sample_id", kind="stable").reset_index(drop=True)
+    return df[list(INPUT_COLUMNS)], classes
+
+
+def _sample_id(row) -> str:
+    if row.sample_id is not None and not (isinstance(row.sample_id, float) and pd.isna(row.sample_id)):
+        return str(row.sample_id)
+    base = row.video_id if row.video_id is not None else os.path.basename(str(row.path))
+    if row.start is None and row.end is None:
+        return str(base)
+    return f"{base}@{row.start if row.start is not None else ''}-{row.end if row.end is not None else ''}"
+
+
+def _classes(df: pd.DataFrame, classes: tuple[str, ...], source: str) -> tuple[str, ...]:
+    labels = sorted({v for v in df["label"] if v is not None})
+    if classes:
+        outside = [lab for lab in labels if lab not in classes]
+        if outside:
+            rows = df.loc[df["label"].isin(outside), "sample_id"].tolist()
+            raise ManifestError(f"{source}: label(s) {outside} are not in the class list "
+                                f"{list(classes)} (e.g. sample {rows[0]!r})")
+        return tuple(classes)
+    if not labels:
+        raise ManifestError(f"{source}: no labels and no class list; pass --classes a,b")
+    log.warning("no class list given: using the sorted labels %s (the last one is the positive "
+                "class); pass --classes to set the order", labels)
+    return tuple(labels)
+
+
+def _roles(df: pd.DataFrame, split: dict[str, str] | None, targets: tuple[str, ...],
+           source: str) -> list[str | None]:
+    col = [None if v is None else str(v).lower() for v in df["split"]]
+    unknown = sorted({v for v in col if v is not None and v not in ROLES})
+    if unknown:
+        raise ManifestError(f"{source}: unknown role(s) {unknown} in column split; "
+                            f"roles are {list(ROLES)}")
+    per_subject: dict[str, set[str]] = {}
+    for subject, role in zip(df["subject_id"], col):
+        if subject is not None and role is not None:
+            per_subject.setdefault(subject, set()).add(role)
+    for subject, role in (split or {}).items():
+        per_subject.setdefault(subject, set()).add(role)
+    if targets:
+        for subject in df["subject_id"].dropna().unique():
+            per_subject.setdefault(subject, set()).add(
+                "target" if subject in targets else "source")
+    both = sorted(s for s, roles in per_subject.items() if len(roles) > 1)
+    if both:
+        raise ManifestError(f"{source}: subject(s) {both[:5]} are in both roles (source and "
+                            "target); fix the split so each subject has one role")
+    return [next(iter(per_subject[s])) if s in per_subject else None for s in df["subject_id"]]
+
+
+def _to_float(col: pd.Series, name: str, source: str) -> pd.Series:
+    out = pd.to_numeric(col, errors="coerce")
+    bad = col[out.isna() & col.notna()]
+    if len(bad):
+        raise ManifestError(f"{source}: column {name} holds a non-number {bad.iloc[0]!r}")
+    return out.astype("float64")

@@ -1,0 +1,94 @@
+"""Per-sample checks at ingest: does the media exist, is it empty, can its header be read.
+
+In: one input sample row (path, media). Out: the probe columns (media resolved, num_frames,
+fps, width, height, size_bytes) plus ``status``/``error``. Never raises for a bad file:
+``missing``, ``empty_file`` and ``unreadable`` are rows, so the other samples go on.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pipeline import io
+
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_NUM = re.compile(r"(\d+)")
+
+
+def numeric_key(name: str) -> list:
+    """Sort key that orders image_5 before image_105."""
+    return [int(p) if p.isdigit() else p.lower() for p in _NUM.split(name)]
+
+
+def list_images(url: str) -> list[str]:
+    """Image file names of a folder, sorted numerically."""
+    return sorted((n for n in io.listdir(url) if n.lower().endswith(IMAGE_EXT)), key=numeric_key)
+
+
+def probe(path: str | None, media: str, read_header: bool = True) -> dict:
+    out = {"media": media, "num_frames": None, "fps": None, "width": None, "height": None,
+           "size_bytes": None, "status": "ok", "error": None}
+    if path is None:
+        return {**out, "status": "missing", "error": "path is empty"}
+    try:
+        if not io.exists(path):
+            return {**out, "status": "missing", "error": f"{path} does not exist"}
+        folder = io.isdir(path)
+        if media == "auto":
+            media = "frames" if folder or path.lower().endswith(IMAGE_EXT) else "video"
+            out["media"] = media
+        if folder:
+            return {**out, **_probe_folder(path, read_header)}
+        if media in ("frames", "faces") and not path.lower().endswith(IMAGE_EXT):
+            return {**out, "status": "unreadable",
+                    "error": f"{path} is a file, but media {media!r} needs a folder of images"}
+        out["size_bytes"] = io.size(path)
+        if out["size_bytes"] == 0:
+            return {**out, "status": "empty_file", "error": f"{path} is a zero-byte file"}
+        if not read_header:
+            return out
+        if path.lower().endswith(IMAGE_EXT):
+            return {**out, **_image_header(path), "num_frames": 1}
+        return {**out, **_video_header(path)}
+    except (OSError, ValueError) as exc:
+        return {**out, "status": "unreadable", "error": f"{path}: {type(exc).__name__}: {exc}"}
+
+
+def _probe_folder(path: str, read_header: bool) -> dict:
+    names = list_images(path)
+    if not names:
+        return {"status": "empty_file", "error": f"{path} is a folder with no images"}
+    out = {"num_frames": len(names)}
+    if read_header:
+        out.update(_image_header(io.join(path, names[0])))
+    return out
+
+
+def _image_header(url: str) -> dict:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with io.local_path(url) as local, Image.open(local) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        return {"status": "unreadable", "error": f"{url}: cannot read image header: {exc}"}
+    return {"width": width, "height": height}
+
+
+def _video_header(url: str) -> dict:
+    import decord
+
+    try:
+        with io.local_path(url) as local:
+            vr = decord.VideoReader(local, num_threads=1)
+            n = len(vr)
+            h, w = vr[0].shape[:2] if n else (None, None)
+            fps = float(vr.get_avg_fps())
+    except (decord._ffi.base.DECORDError, RuntimeError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return {"status": "unreadable", "error": f"{url}: cannot open video: {msg}"}
+    if n == 0:
+        return {"status": "unreadable", "error": f"{url}: video has no frames"}
+    return {"num_frames": n, "fps": fps, "width": w, "height": h}
+
+

@@ -1,0 +1,70 @@
+"""The ingest stage: probe every sample of one shard into manifest rows.
+
+In: the shard's planned input rows (``batches.shard_rows``). Out: MANIFEST rows with the
+probe columns filled and a per-sample ``status`` (ok, missing, empty_file, unreadable,
+bad_row, unparsed). A bad file is a row, never an exception.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import faults, parquet
+from pipeline.ingest import batches
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.probe import probe
+from pipeline.workspace import Workspace
+from schemas import get
+
+FAILED = frozenset({"missing", "empty_file", "unreadable", "bad_row", "unparsed"})
+PROBE_COLUMNS = ("media", "num_frames", "fps", "width", "height", "size_bytes", "status", "error")
+
+
+def fingerprint_config(cfg: IngestConfig, classes: tuple[str, ...]) -> dict:
+    """The settings that change what an ingest shard writes (paths and sizes do not)."""
+    return {"classes": list(classes), "probe": cfg.probe, "media": cfg.media}
+
+
+def input_digest(ws: Workspace, shard_id: str) -> str:
+    rows = batches.shard_rows(ws, shard_id)
+    return parquet.digest(pa.Table.from_pandas(rows, preserve_index=False))
+
+
+class SampleFault(RuntimeError):
+    """A per-sample fault under --strict."""
+
+
+class IngestStage:
+    name = "ingest"
+    outputs = ("manifest",)
+    failure_statuses = FAILED
+
+    def __init__(self, cfg: IngestConfig, num_threads: int | None = None, strict: bool = False):
+        self.cfg = cfg
+        self.strict = strict  # abort on the first bad sample instead of writing its row
+
+    def schema(self, table: str) -> pa.Schema:
+        return get("manifest")
+
+    def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]:
+        df = batches.shard_rows(ws, shard_id)
+        return {c: df[c].to_numpy(dtype=object) for c in df.columns}
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
+        out = {k: list(v) for k, v in rows.items()}
+        n = len(out["sample_id"])
+        for col in PROBE_COLUMNS:
+            out.setdefault(col, [None] * n)
+        for i in range(n):
+            if i == n // 2:
+                faults.maybe_fail("mid_shard", f"{self.name}/{out['shard_id'][i]}")
+            if out["status"][i] != "ok":
+                continue  # rows that failed to parse stay as they are
+            result = probe(out["path"][i], out["media"][i], read_header=self.cfg.probe)
+            if self.strict and result["status"] != "ok":
+                raise SampleFault(f"--strict: sample {out['sample_id'][i]!r} is "
+                                  f"{result['status']}: {result['error']}")
+            for col in PROBE_COLUMNS:
+                out[col][i] = result[col]
+        return {"manifest": out}

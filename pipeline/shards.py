@@ -1,0 +1,247 @@
+"""Shards: fixed units of work, fingerprinted, resumable, idempotent.
+
+In: a stage object (see :class:`ShardStage`), a workspace, shard ids and their
+fingerprints. Out: per shard, Parquet parts of the stage's tables, its error rows, one
+statistics row, and last a done marker carrying the fingerprint.
+
+Rules: a shard whose marker has the same fingerprint is skipped; one whose config or
+inputs changed is refused (``StageChanged`` names what changed) unless ``recompute``; a
+done shard with failed rows is re-run for those samples only when ``retry_failed``. A code
+version change alone is reported and the shard is kept (use ``recompute`` to redo it).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+import pipeline
+from pipeline import config as cfgmod
+from pipeline import faults, parquet
+from pipeline.workspace import Workspace
+
+log = logging.getLogger(__name__)
+CODE_VERSION = pipeline.__version__
+
+
+class StageChanged(RuntimeError):
+    """Done shards were made with another config or other inputs."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    config: dict  # the stage's own config section(s), as plain data
+    inputs: dict  # input name -> content digest
+    code_version: str = CODE_VERSION
+
+    @property
+    def config_hash(self) -> str:
+        return cfgmod.config_hash(self.config)
+
+    @property
+    def value(self) -> str:
+        payload = json.dumps([self.config_hash, sorted(self.inputs.items()), self.code_version])
+        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+class ShardStage(Protocol):
+    """What :func:`execute` needs from a stage (tests call it without Ray)."""
+
+    name: str  # stage name in stats and errors, e.g. "faces"
+    outputs: tuple[str, ...]  # tables written; outputs[0] is the one retries look at
+    failure_statuses: frozenset[str]  # statuses that count as failed (go to errors/)
+
+    def schema(self, table: str) -> pa.Schema: ...
+    def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]: ...
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]: ...
+
+
+@dataclass
+class Plan:
+    run: list[str] = field(default_factory=list)
+    retry: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    stale_code: list[str] = field(default_factory=list)
+
+    def mode(self, shard_id: str) -> str:
+        return "retry" if shard_id in self.retry else "full"
+
+    @property
+    def todo(self) -> list[str]:
+        return sorted(self.run + self.retry)
+
+
+def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, recompute: bool,
+         retry_failed: bool, failure_statuses: frozenset[str]) -> Plan:
+    """Decide, for every shard, whether to run, retry or skip it; refuse on changes."""
+    done = ws.markers(table)
+    result = Plan()
+    changes: dict[str, list[str]] = {}
+    for shard_id, fp in sorted(fingerprints.items()):
+        marker = done.get(shard_id)
+        if marker is None:
+            result.run.append(shard_id)
+            continue
+        why = describe_change(marker, fp)
+        if why:
+            if recompute:
+                result.run.append(shard_id)
+            else:
+                changes[shard_id] = why
+            continue
+        if marker["code_version"] != fp.code_version:
+            result.stale_code.append(shard_id)
+        failed = sum(n for s, n in marker.get("status_counts", {}).items() if s in failure_statuses)
+        if retry_failed and failed:
+            result.retry.append(shard_id)
+        else:
+            result.skip.append(shard_id)
+    if changes:
+        reasons = sorted({r for rs in changes.values() for r in rs})
+        shards = sorted(changes)
+        shown = ", ".join(shards[:5]) + (f" and {len(shards) - 5} more" if len(shards) > 5 else "")
+        raise StageChanged(
+            f"{table}: {len(shards)} done shard(s) ({shown}) were made differently: "
+            + "; ".join(reasons) + ". Rerun with --recompute to redo them, or use another --out.")
+    return result
+
+
+def describe_change(marker: dict, fp: Fingerprint) -> list[str]:
+    """What differs between a done marker and a new fingerprint (empty: nothing)."""
+    why = []
+    if marker["config_hash"] != fp.config_hash:
+        changed = cfgmod.diff(marker.get("config", {}), fp.config)
+        why.append("config changed (" + ", ".join(changed or ["config hash"]) + ")")
+    old_inputs = marker.get("inputs", {})
+    for name in sorted(set(old_inputs) | set(fp.inputs)):
+        if old_inputs.get(name) != fp.inputs.get(name):
+            why.append(f"input {name} changed")
+    return why
+
+
+def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[str, Fingerprint],
+            mode: str, run_id: str) -> dict:
+    """Run one shard end to end and commit it. Returns the summary recorded in its marker.
+
+    ``fingerprints`` maps each output table to its fingerprint. In ``retry`` mode only the
+    samples with failed rows in the primary table are processed again; the others' rows are
+    kept as they were.
+    """
+    where = f"{stage.name}/{shard_id}"
+    faults.maybe_fail("shard_start", where)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    rows = stage.load(ws, shard_id)
+    rows_in = len(rows["sample_id"])
+    kept: dict[str, pa.Table] = {}
+    if mode == "retry":
+        rows, kept = _split_for_retry(ws, stage, shard_id, rows)
+    seconds["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    produced = stage(rows)
+    seconds["process"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    summaries = {}
+    for table in stage.outputs:
+        schema = stage.schema(table)
+        data = parquet.to_table(produced[table], schema)
+        if table in kept:
+            data = pa.concat_tables([kept[table].cast(schema), data])
+            order = _sort_keys(data)
+            data = data.take(order)
+        counts = Counter(data.column("status").to_pylist()) if "status" in schema.names else {}
+        out_digest = parquet.digest(data)
+        fp = fingerprints[table]
+        meta = {"schema_version": (schema.metadata or {}).get(b"autt.schema_version", b"?").decode(),
+                "run_id": run_id, "config_hash": fp.config_hash, "code_version": fp.code_version,
+                "shard_id": shard_id, "stage": stage.name}
+        parquet.write(ws.part_url(table, shard_id), parquet.with_run_metadata(data, **meta))
+        _write_errors(ws, stage, table, shard_id, data, run_id, meta)
+        _write_stats(ws, stage, table, shard_id, rows_in, data, counts, seconds, started, fp, run_id,
+                     meta)
+        summaries[table] = {"rows": data.num_rows, "status_counts": dict(counts),
+                            "output_digest": out_digest, "fp": fp}
+    seconds["write"] = time.perf_counter() - t
+    faults.maybe_fail("before_done", where)
+    for table, s in summaries.items():
+        fp = s.pop("fp")
+        ws.write_marker(table, shard_id, {
+            "table": table, "shard_id": shard_id, "stage": stage.name, "mode": mode,
+            "fingerprint": fp.value, "config_hash": fp.config_hash, "config": fp.config,
+            "inputs": fp.inputs, "code_version": fp.code_version, "run_id": run_id,
+            "rows_in": rows_in, "processed": len(rows["sample_id"]), "seconds": seconds,
+            "failure_statuses": sorted(stage.failure_statuses),
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **s})
+    return {"shard_id": shard_id, "rows_in": rows_in, "processed": len(rows["sample_id"]),
+            "seconds": seconds,
+            "tables": {t: {"rows": s["rows"], "status_counts": s["status_counts"]}
+                       for t, s in summaries.items()}}
+
+
+def _split_for_retry(ws: Workspace, stage: ShardStage, shard_id: str, rows: dict):
+    primary = stage.outputs[0]
+    prev = parquet.read(ws.part_url(primary, shard_id))
+    statuses = np.asarray(prev.column("status").to_pylist(), dtype=object)
+    sample_ids = np.asarray(prev.column("sample_id").to_pylist(), dtype=object)
+    failed = set(sample_ids[np.isin(statuses, list(stage.failure_statuses))].tolist())
+    mask = np.isin(np.asarray(rows["sample_id"], dtype=object), list(failed))
+    retry_rows = {k: np.asarray(v)[mask] if len(v) == len(mask) else v for k, v in rows.items()}
+    kept = {}
+    for table in stage.outputs:
+        t = parquet.read(ws.part_url(table, shard_id)).replace_schema_metadata(None)
+        keep_mask = ~np.isin(np.asarray(t.column("sample_id").to_pylist(), dtype=object),
+                             list(failed))
+        kept[table] = t.filter(pa.array(keep_mask))
+    return retry_rows, kept
+
+
+def _sort_keys(table: pa.Table) -> pa.Array:
+    keys = [("sample_id", "ascending")]
+    if "frame_index" in table.schema.names:
+        keys.append(("frame_index", "ascending"))
+    return pa.compute.sort_indices(table, sort_keys=keys)
+
+
+def _write_errors(ws, stage, table, shard_id, data: pa.Table, run_id: str, meta: dict) -> None:
+    from schemas import get
+
+    schema = get("errors")
+    if "status" not in data.schema.names:
+        failed = data.slice(0, 0)
+    else:
+        mask = pa.compute.is_in(data.column("status"),
+                                value_set=pa.array(sorted(stage.failure_statuses), pa.string()))
+        failed = data.filter(mask)
+    n = failed.num_rows
+    cols = {name: failed.column(name) for name in ("sample_id", "video_id", "subject_id",
+                                                    "status", "error") if name in failed.schema.names}
+    if "frame_index" in failed.schema.names:
+        cols["frame_index"] = failed.column("frame_index")
+    cols.update(stage=[stage.name] * n, shard_id=[shard_id] * n, run_id=[run_id] * n)
+    parquet.write(ws.errors_url(table, shard_id),
+                  parquet.with_run_metadata(parquet.to_table(cols, schema), **meta))
+
+
+def _write_stats(ws, stage, table, shard_id, rows_in, data, counts, seconds, started, fp, run_id,
+                 meta) -> None:
+    from schemas import get
+
+    row = {"stage": [stage.name], "shard_id": [shard_id], "run_id": [run_id],
+           "rows_in": [rows_in], "rows_out": [data.num_rows],
+           "status_counts": [list(counts.items())], "seconds": [list(seconds.items())],
+           "started_at": [started], "host": [socket.gethostname()], "fingerprint": [fp.value]}
+    parquet.write(ws.stats_url(table, shard_id),
+                  parquet.with_run_metadata(parquet.to_table(row, get("stats")), **meta))

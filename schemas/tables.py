@@ -1,0 +1,108 @@
+"""The table definitions. Bump a table's version whenever its columns change.
+
+Status vocabularies (column ``status``):
+- manifest: ok | missing | empty_file | unreadable | bad_row
+- faces: ok | filled | no_face | decode_error | bad_frame
+- errors: any non-ok status of any stage
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+def _table(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:
+    meta = {b"autt.table": name.encode(), b"autt.schema_version": str(version).encode()}
+    return pa.schema(fields, metadata=meta)
+
+
+KEYS = [
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("video_id", pa.string()),
+    pa.field("subject_id", pa.string()),
+]
+STATUS = [pa.field("status", pa.string(), nullable=False), pa.field("error", pa.string())]
+
+# One row per sample (a labelled span of a video, frame folder or face folder).
+MANIFEST = _table("manifest", 1, [
+    *KEYS,
+    pa.field("label", pa.string()),             # class name, null = unlabelled
+    pa.field("label_index", pa.int16()),        # position in the declared class list
+    pa.field("role", pa.string()),              # source | target | null (unassigned)
+    pa.field("path", pa.string()),              # absolute path or URL
+    pa.field("media", pa.string()),             # video | frames | faces (pre-cropped)
+    pa.field("start", pa.float64()),            # span start, null = file start
+    pa.field("end", pa.float64()),              # span end, null = file end
+    pa.field("time_unit", pa.string()),         # s | frame
+    pa.field("num_frames", pa.int32()),         # from the probe (null if unknown)
+    pa.field("fps", pa.float32()),              # average fps from the probe
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("batch", pa.int32(), nullable=False),     # ingest batch (append-only)
+    pa.field("shard_id", pa.string(), nullable=False),  # fixed shard of that batch
+    *STATUS,
+])
+
+# One row per sampled frame of every sample that reached the face stage.
+FACES = _table("faces", 1, [
+    *KEYS,
+    pa.field("shard_id", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int32(), nullable=False),   # position in the sampled sequence
+    pa.field("source_frame", pa.int32()),                   # frame number in the file / folder
+    pa.field("timestamp", pa.float64()),                    # seconds, from the container
+    pa.field("box", pa.list_(pa.float32(), 4)),             # x1 y1 x2 y2, source pixels
+    pa.field("landmarks", pa.list_(pa.float32(), 10)),      # 5 points (x, y), source pixels
+    pa.field("prob", pa.float32()),
+    pa.field("crop", pa.binary()),                          # PNG bytes, only when stored
+    *STATUS,
+])
+
+# One row per failed item of any stage (gathered beside each shard's output).
+ERRORS = _table("errors", 1, [
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("shard_id", pa.string(), nullable=False),
+    *KEYS,
+    pa.field("frame_index", pa.int32()),
+    *STATUS,
+    pa.field("run_id", pa.string(), nullable=False),
+])
+
+# One row per (stage, shard) execution.
+STATS = _table("stats", 1, [
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("shard_id", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("rows_in", pa.int64(), nullable=False),
+    pa.field("rows_out", pa.int64(), nullable=False),
+    pa.field("status_counts", pa.map_(pa.string(), pa.int64())),
+    pa.field("seconds", pa.map_(pa.string(), pa.float64())),   # per phase
+    pa.field("started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("host", pa.string()),
+    pa.field("fingerprint", pa.string(), nullable=False),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    "manifest": MANIFEST,
+    "faces": FACES,
+    "errors": ERRORS,
+    "stats": STATS,
+}
+
+EMBEDDINGS_VERSION = 1
+
+
+def embeddings_schema(dim: int, dtype: str = "float16") -> pa.Schema:
+    """One row per embedded face crop: keys and the raw image-tower vector together."""
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"embedding dtype must be float16 or float32, got {dtype!r}")
+    if dim <= 0:
+        raise ValueError(f"embedding dim must be positive, got {dim}")
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    return _table("embeddings", EMBEDDINGS_VERSION, [
+        *KEYS,
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int32(), nullable=False),
+        pa.field("timestamp", pa.float64()),
+        pa.field("embedding", pa.list_(value, dim), nullable=False),
+    ])

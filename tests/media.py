@@ -1,0 +1,36 @@
+"""Tiny real media for tests: videos written with PyAV, small frame folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_video(path: Path, n_frames: int = 8, size: int = 64, fps: int = 10,
+                seed: int = 0) -> Path:
+    import av
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(n_frames):
+            img = np.full((size, size, 3), 40 + 20 * i, dtype=np.uint8)
+            img[: size // 2] = rng.integers(0, 255, (size // 2, size, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_frames(folder: Path, n: int = 4, size: int = 32, name: str = "frame_{i}.png") -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = np.full((size, size, 3), 30 * i % 255, dtype=np.uint8)
+        Image.fromarray(img).save(folder / name.format(i=i))
+    return folder

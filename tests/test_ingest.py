@@ -1,0 +1,207 @@
+"""Manifest ingest: manifest-level faults abort, per-sample faults become rows, reruns are
+idempotent, changed configs refuse, interrupted work resumes, new samples run alone."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import schemas
+from jobs.cli import main as cli
+from pipeline import parquet
+from pipeline.workspace import Workspace
+from tests.media import write_frames
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, tiny_video: Path) -> Path:
+    """Four subjects, two clips each (videos and a frame folder), plus a split file."""
+    root = tmp_path / "data"
+    rows = []
+    for s in range(4):
+        for c, label in enumerate(["neutral", "pain"]):
+            vid = f"s{s}_{label}"
+            if s == 3 and c == 1:
+                write_frames(root / vid, n=3)
+                rows.append(dict(video_id=vid, subject_id=f"s{s}", label=label, path=vid))
+            else:
+                (root).mkdir(parents=True, exist_ok=True)
+                shutil.copy(tiny_video, root / f"{vid}.mp4")
+                rows.append(dict(video_id=vid, subject_id=f"s{s}", label=label, path=f"{vid}.mp4"))
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    pd.DataFrame({"subject_id": ["s0", "s1", "s2", "s3"],
+                  "role": ["source", "source", "target", "target"]}).to_csv(root / "split.csv",
+                                                                          index=False)
+    return root
+
+
+def ingest(root: Path, out: Path, *extra: str, manifest: str = "manifest.csv") -> int:
+    return cli(["ingest", "--manifest", str(root / manifest), "--split", str(root / "split.csv"),
+                "--classes", "neutral,pain", "--out", str(out), "--executor", "local",
+                "--quiet", "ingest.shard_size=3", *extra])
+
+
+def manifest_rows(out: Path) -> pd.DataFrame:
+    return Workspace(str(out)).read_table("manifest", schemas.get("manifest")).to_pandas()
+
+
+def test_ingest_writes_conforming_manifest_with_roles_and_labels(dataset, tmp_path):
+    out = tmp_path / "out"
+    assert ingest(dataset, out) == 0
+    df = manifest_rows(out)
+    assert len(df) == 8 and set(df["status"]) == {"ok"}
+    assert df["shard_id"].nunique() == 3  # 8 samples, 3 per shard
+    assert dict(zip(df["subject_id"], df["role"]))["s2"] == "target"
+    pain = df[df["label"] == "pain"]
+    assert set(pain["label_index"]) == {1}
+    frames = df[df["video_id"] == "s3_pain"].iloc[0]
+    assert frames["media"] == "frames" and frames["num_frames"] == 3
+    video = df[df["video_id"] == "s0_neutral"].iloc[0]
+    assert video["media"] == "video" and video["num_frames"] == 8 and video["width"] == 64
+    ws = Workspace(str(out))
+    for table in ("manifest",):
+        for shard in ws.markers(table):
+            t = parquet.read(ws.part_url(table, shard))
+            schemas.check(t, schemas.get(table))
+            meta = parquet.metadata(ws.part_url(table, shard))
+            for key in ("autt.schema_version", "autt.run_id", "autt.config_hash",
+                        "autt.code_version"):
+                assert meta[key]
+            schemas.check(parquet.read(ws.stats_url(table, shard)), schemas.get("stats"))
+            schemas.check(parquet.read(ws.errors_url(table, shard)), schemas.get("errors"))
+    assert list(out.joinpath("runs").iterdir())[0].joinpath("config.yaml").exists()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda df, root: df.drop(columns=["subject_id"]), "lacks required column(s) ['subject_id']"),
+    (lambda df, root: df.assign(camera="a"), "unknown column(s) ['camera']"),
+    (lambda df, root: df.assign(sample_id=["x"] * len(df)), "duplicate sample_id ['x']"),
+    (lambda df, root: df.assign(label=["happy"] + list(df["label"][1:])),
+     "label(s) ['happy'] are not in the class list"),
+    (lambda df, root: df.assign(split=["source"] + ["target"] * (len(df) - 1)),
+     "are in both roles"),
+    (lambda df, root: df.assign(split="training"), "unknown role(s) ['training']"),
+])
+def test_manifest_level_faults_abort_before_any_work(dataset, tmp_path, capsys, mutate, message):
+    df = pd.read_csv(dataset / "manifest.csv")
+    mutate(df, dataset).to_csv(dataset / "bad.csv", index=False)
+    pd.DataFrame({"subject_id": [], "role": []}).to_csv(dataset / "split.csv", index=False)
+    out = tmp_path / "out"
+    assert ingest(dataset, out, manifest="bad.csv") == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "manifest").exists()
+
+
+def test_unreadable_manifest_and_conflicting_split_file_abort(dataset, tmp_path, capsys):
+    (dataset / "broken.parquet").write_bytes(b"not parquet at all")
+    assert ingest(dataset, tmp_path / "o1", manifest="broken.parquet") == 2
+    assert "cannot read manifest" in capsys.readouterr().err
+    assert ingest(dataset, tmp_path / "o2", manifest="nope.csv") == 2
+    assert "nope.csv' does not exist" in capsys.readouterr().err
+    pd.DataFrame({"subject_id": ["s0", "s0"], "role": ["source", "target"]}).to_csv(
+        dataset / "split.csv", index=False)
+    assert ingest(dataset, tmp_path / "o3") == 2
+    assert "subject 's0' is in both roles" in capsys.readouterr().err
+
+
+def test_per_sample_faults_become_rows_and_the_rest_goes_on(dataset, tmp_path, capsys):
+    (dataset / "s0_neutral.mp4").unlink()  # missing
+    (dataset / "s1_neutral.mp4").write_bytes(b"")  # zero-byte
+    (dataset / "s1_pain.mp4").write_bytes(b"\x00garbage" * 64)  # unreadable header
+    out = tmp_path / "out"
+    assert ingest(dataset, out) == 0
+    df = manifest_rows(out).set_index("video_id")
+    assert len(df) == 8
+    assert df.loc["s0_neutral", "status"] == "missing" and "does not exist" in df.loc[
+        "s0_neutral", "error"]
+    assert df.loc["s1_neutral", "status"] == "empty_file"
+    assert df.loc["s1_pain", "status"] == "unreadable" and "s1_pain.mp4" in df.loc[
+        "s1_pain", "error"]
+    assert (df.drop(index=["s0_neutral", "s1_neutral", "s1_pain"])["status"] == "ok").all()
+    errors = Workspace(str(out)).read_side_table("errors", "manifest", schemas.get("errors"))
+    assert sorted(errors.column("status").to_pylist()) == ["empty_file", "missing", "unreadable"]
+    # --strict turns the same faults into an abort that names the sample
+    assert ingest(dataset, tmp_path / "strict", "--strict") == 1
+    assert "--strict: sample" in capsys.readouterr().err
+
+
+def test_rerun_does_no_work_and_changed_config_refuses(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert ingest(dataset, out) == 0
+    ws = Workspace(str(out))
+    before = {s: m["run_id"] for s, m in ws.markers("manifest").items()}
+    capsys.readouterr()
+    assert ingest(dataset, out) == 0
+    assert "ingest: 0 shard(s) done, 3 already done" in capsys.readouterr().out
+    assert {s: m["run_id"] for s, m in ws.markers("manifest").items()} == before
+    assert ingest(dataset, out, "ingest.probe=false") == 2
+    err = capsys.readouterr().err
+    assert "config changed (probe: True -> False)" in err and "--recompute" in err
+    assert ingest(dataset, out, "ingest.probe=false", "--recompute") == 0
+    assert all(m["run_id"] not in before.values() for m in ws.markers("manifest").values())
+
+
+def test_changed_sample_refuses_naming_it(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert ingest(dataset, out) == 0
+    df = pd.read_csv(dataset / "manifest.csv")
+    df.loc[df["video_id"] == "s0_pain", "label"] = "neutral"
+    df.to_csv(dataset / "manifest.csv", index=False)
+    assert ingest(dataset, out) == 2
+    assert "s0_pain: label 'pain' -> 'neutral'" in capsys.readouterr().err
+    assert ingest(dataset, out, "--recompute") == 0
+    assert manifest_rows(out).set_index("video_id").loc["s0_pain", "label"] == "neutral"
+
+
+def test_new_videos_are_processed_alone(dataset, tmp_path, tiny_video, capsys):
+    out = tmp_path / "out"
+    assert ingest(dataset, out) == 0
+    df = pd.read_csv(dataset / "manifest.csv")
+    for i in range(2):
+        shutil.copy(tiny_video, dataset / f"new{i}.mp4")
+    extra = pd.DataFrame([dict(video_id=f"new{i}", subject_id="s0", label="pain",
+                               path=f"new{i}.mp4") for i in range(2)])
+    pd.concat([df, extra]).to_csv(dataset / "manifest.csv", index=False)
+    capsys.readouterr()
+    assert ingest(dataset, out) == 0
+    assert "ingest: 1 shard(s) done, 3 already done" in capsys.readouterr().out
+    rows = manifest_rows(out)
+    assert len(rows) == 10 and rows["sample_id"].is_unique
+    assert set(rows.loc[rows["batch"] == 1, "video_id"]) == {"new0", "new1"}
+
+
+def test_retry_failed_reprocesses_only_failed_samples(dataset, tmp_path, tiny_video):
+    out = tmp_path / "out"
+    moved = dataset / "s0_neutral.mp4"
+    moved.rename(dataset / "later.mp4")
+    assert ingest(dataset, out) == 0
+    assert manifest_rows(out).set_index("video_id").loc["s0_neutral", "status"] == "missing"
+    (dataset / "later.mp4").rename(moved)
+    assert ingest(dataset, out) == 0  # failed rows stay failed without --retry-failed
+    assert manifest_rows(out).set_index("video_id").loc["s0_neutral", "status"] == "missing"
+    ws = Workspace(str(out))
+    before = {s: m["run_id"] for s, m in ws.markers("manifest").items()}
+    assert ingest(dataset, out, "--retry-failed") == 0
+    rows = manifest_rows(out)
+    assert len(rows) == 8 and set(rows["status"]) == {"ok"}
+    after = ws.markers("manifest")
+    retried = [s for s in after if after[s]["run_id"] != before[s]]
+    assert len(retried) == 1 and after[retried[0]]["processed"] == 1
+
+
+@pytest.mark.parametrize("point", ["after_tmp", "before_done", "mid_shard"])
+def test_interrupted_ingest_resumes_without_duplicates(dataset, tmp_path, monkeypatch, point):
+    out = tmp_path / "out"
+    monkeypatch.setenv("AUTT_FAULT", f"{point}:b0000-s0001")
+    assert ingest(dataset, out) == 1  # that shard failed, the others finished
+    ws = Workspace(str(out))
+    assert sorted(ws.markers("manifest")) == ["b0000-s0000", "b0000-s0002"]
+    monkeypatch.delenv("AUTT_FAULT")
+    assert ingest(dataset, out) == 0
+    rows = manifest_rows(out)
+    assert len(rows) == 8 and rows["sample_id"].is_unique
+    leftovers = [p.name for p in (out / "manifest").iterdir() if p.name.startswith("_tmp-")]
+    assert all(name.startswith("_tmp-") for name in leftovers)  # readers ignore temporaries
