@@ -10,10 +10,13 @@ from __future__ import annotations
 import functools
 import json
 
+import pandas as pd
+
 from jobs.runner import StageRun, run_shards
 from pipeline import io
 from pipeline.config import Config
 from pipeline.ingest import batches, manifest
+from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.stage import IngestStage, fingerprint_config, input_digest
 from pipeline.shards import Fingerprint, plan
 from pipeline.workspace import Workspace
@@ -33,15 +36,40 @@ def load_rows(cfg: Config, ws: Workspace):
         raw = manifest.read_manifest(ing.manifest)
         source = ing.manifest
     else:
-        from pipeline.ingest.adapters import scan_from_config
-
-        raw = scan_from_config(ing)
+        raw = scan_dataset(ing)
         source = f"{ing.dataset} dataset at {ing.root}"
     split = manifest.read_split(ing.split) if ing.split else None
     rows, classes = manifest.normalise(
         raw, classes=tuple(classes), split=split, target_subjects=cfg.protocol.target_subjects,
         default_media=ing.media, source=source)
     return rows, classes
+
+
+def scan_dataset(ing: IngestConfig) -> pd.DataFrame:
+    """Rows from a dataset adapter, with its options taken from the ingest config."""
+    from pipeline.ingest import adapters
+
+    if not ing.root:
+        raise manifest.ManifestError(f"--dataset {ing.dataset} needs --root PATH")
+    opts: dict = {}
+    if ing.dataset == "biovid":
+        opts = {"classes": tuple(ing.biovid_codes), "names": ing.classes or ("neutral", "pain")}
+        if ing.window:
+            opts["window"] = tuple(ing.window)
+    elif ing.dataset == "stressid":
+        opts = {"labels_path": ing.labels_path, "threshold": ing.stress_threshold,
+                "names": ing.classes or ("neutral", "stress")}
+    elif ing.dataset == "bah":
+        opts = {"segments_path": ing.segments_path, "chunk_frames": ing.chunk_frames,
+                "faces_root": ing.faces_root, "names": ing.classes or ("neutral", "ambivalence")}
+    elif ing.dataset == "pattern":
+        opts = {"pattern": ing.pattern, "classes": ing.classes or None}
+        if ing.media in ("video", "frames", "faces"):
+            opts["media"] = ing.media
+    try:
+        return adapters.scan(ing.dataset, io.absolute(ing.root), **opts)
+    except (FileNotFoundError, ValueError) as exc:
+        raise manifest.ManifestError(f"{ing.dataset} dataset at {ing.root!r}: {exc}") from exc
 
 
 def _stored_classes(ws: Workspace) -> tuple[str, ...]:

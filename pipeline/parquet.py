@@ -32,9 +32,13 @@ def _column(values, field: pa.Field) -> pa.Array:
         if arr.ndim != 2 or arr.shape[1] != width:
             raise ValueError(f"column {field.name!r}: expected shape (n, {width}), got {arr.shape}")
         flat = pa.array(arr.reshape(-1).astype(t.value_type.to_pandas_dtype()), type=t.value_type)
+        # A row that is entirely NaN means "no value" (e.g. no box): store it as null.
+        missing = np.isnan(arr).all(axis=1) if arr.dtype.kind == "f" and width else None
+        if missing is not None and missing.any():
+            return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(missing))
         return pa.FixedSizeListArray.from_arrays(flat, width)
     if isinstance(values, np.ndarray) and values.dtype != object:
-        return pa.array(values, type=t)
+        return pa.array(values, type=t, from_pandas=values.dtype.kind == "f")
     return pa.array(list(values), type=t, from_pandas=True)
 
 

@@ -14,10 +14,13 @@ import pyarrow as pa
 from schemas.tables import (
     EMBEDDINGS_VERSION,
     TABLES,
+    TEXT_FEATURES_VERSION,
     embeddings_schema,
+    text_features_schema,
 )
 
-__all__ = ["EMBEDDINGS_VERSION", "TABLES", "embeddings_schema", "get", "check", "SchemaError"]
+__all__ = ["EMBEDDINGS_VERSION", "TEXT_FEATURES_VERSION", "TABLES", "embeddings_schema",
+           "text_features_schema", "get", "check", "SchemaError"]
 
 
 class SchemaError(ValueError):

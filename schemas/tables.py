@@ -106,3 +106,20 @@ def embeddings_schema(dim: int, dtype: str = "float16") -> pa.Schema:
         pa.field("timestamp", pa.float64()),
         pa.field("embedding", pa.list_(value, dim), nullable=False),
     ])
+
+
+TEXT_FEATURES_VERSION = 1
+
+
+def text_features_schema(dim: int) -> pa.Schema:
+    """AU and class prompt features of one backbone, float32, raw (not normalised)."""
+    if dim <= 0:
+        raise ValueError(f"text feature dim must be positive, got {dim}")
+    return _table("text_features", TEXT_FEATURES_VERSION, [
+        pa.field("kind", pa.string(), nullable=False),     # au | class | class_neg
+        pa.field("index", pa.int32(), nullable=False),     # position within its kind
+        pa.field("name", pa.string(), nullable=False),     # AU phrase or class name
+        pa.field("code", pa.string()),                     # FACS code (AUs), null otherwise
+        pa.field("prompt", pa.string(), nullable=False),   # the full text encoded
+        pa.field("feature", pa.list_(pa.float32(), dim), nullable=False),
+    ])

@@ -205,3 +205,33 @@ def test_interrupted_ingest_resumes_without_duplicates(dataset, tmp_path, monkey
     assert len(rows) == 8 and rows["sample_id"].is_unique
     leftovers = [p.name for p in (out / "manifest").iterdir() if p.name.startswith("_tmp-")]
     assert all(name.startswith("_tmp-") for name in leftovers)  # readers ignore temporaries
+
+
+def test_dataset_adapter_ingest_adds_only_a_new_subject(tmp_path, tiny_video, capsys):
+    root = tmp_path / "biovid" / "video"
+    for subject in ("071309_w_21", "080314_w_25"):
+        for cls, n in (("BL1", 1), ("PA4", 2), ("PA2", 3)):
+            (root / subject).mkdir(parents=True, exist_ok=True)
+            shutil.copy(tiny_video, root / subject / f"{subject}-{cls}-{n:03d}.mp4")
+    shutil.copy(tiny_video, root / "071309_w_21" / "holiday.mp4")  # does not parse
+    out = tmp_path / "out"
+    args = ["ingest", "--config", "biovid", "--root", str(tmp_path / "biovid"), "--out", str(out),
+            "--executor", "local", "--quiet", "protocol.target_subjects=[080314_w_25]"]
+    assert cli(args) == 0
+    df = manifest_rows(out)
+    ok = df[df["status"] == "ok"]
+    assert sorted(ok["sample_id"]) == ["071309_w_21-BL1-001", "071309_w_21-PA4-002",
+                                       "080314_w_25-BL1-001", "080314_w_25-PA4-002"]
+    assert set(ok["label"]) == {"neutral", "pain"} and set(ok["start"]) == {2.04}
+    assert dict(zip(ok["subject_id"], ok["role"])) == {"071309_w_21": "source",
+                                                       "080314_w_25": "target"}
+    bad = df[df["status"] == "unparsed"]
+    assert len(bad) == 1 and "holiday.mp4" in bad.iloc[0]["error"]
+    new = root / "100909_w_65"
+    new.mkdir()
+    shutil.copy(tiny_video, new / "100909_w_65-PA4-004.mp4")
+    capsys.readouterr()
+    assert cli(args) == 0
+    assert "ingest: 1 shard(s) done" in capsys.readouterr().out
+    df = manifest_rows(out)
+    assert set(df.loc[df["batch"] == 1, "sample_id"]) == {"100909_w_65-PA4-004"}

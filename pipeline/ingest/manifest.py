@@ -100,11 +100,13 @@ def normalise(df: pd.DataFrame, *, classes: tuple[str, ...], split: dict[str, st
         if col not in df.columns:
             df[col] = None
     df["status"] = df["status"].fillna("ok")
-    for col in ("video_id", "subject_id", "label"):
-        df[col] = [None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
-                   for v in df[col]]
+    # pandas 3 turns None into NaN in string columns: keep these as plain objects.
+    for col in ("video_id", "subject_id", "label", "path", "error", "sample_id", "split", "media"):
+        df[col] = pd.Series([None if _na(v) else str(v) for v in df[col]], index=df.index,
+                            dtype=object)
 
-    df["sample_id"] = [_sample_id(r) for r in df.itertuples()]
+    df["sample_id"] = pd.Series([_sample_id(r) for r in df.itertuples()], index=df.index,
+                                dtype=object)
     dup = df["sample_id"][df["sample_id"].duplicated(keep=False)]
     if len(dup):
         raise ManifestError(f"{source}: duplicate sample_id {sorted(set(dup))[:5]} "
@@ -112,7 +114,7 @@ def normalise(df: pd.DataFrame, *, classes: tuple[str, ...], split: dict[str, st
                             "distinct start/end per row")
 
     classes = _classes(df, classes, source)
-    df["role"] = _roles(df, split, target_subjects, source)
+    df["role"] = pd.Series(_roles(df, split, target_subjects, source), index=df.index, dtype=object)
 
     df["time_unit"] = df["time_unit"].fillna("s")
     bad_unit = df.loc[~df["time_unit"].isin(["s", "frame"]), "time_unit"]
@@ -128,7 +130,7 @@ def normalise(df: pd.DataFrame, *, classes: tuple[str, ...], split: dict[str, st
     bad_media = media[~media.isin(MEDIA + ("auto",))]
     if len(bad_media):
         raise ManifestError(f"{source}: media must be one of {list(MEDIA)}, got {bad_media.iloc[0]!r}")
-    df["media"] = media
+    df["media"] = media.astype(object)
 
     ok = df["status"] == "ok"
     no_subject = ok & df["subject_id"].isna()
@@ -139,13 +141,19 @@ def normalise(df: pd.DataFrame, *, classes: tuple[str, ...], split: dict[str, st
     return df[list(INPUT_COLUMNS)], classes
 
 
+def _na(v) -> bool:
+    return v is None or (isinstance(v, float) and pd.isna(v))
+
+
 def _sample_id(row) -> str:
-    if row.sample_id is not None and not (isinstance(row.sample_id, float) and pd.isna(row.sample_id)):
+    if not _na(row.sample_id):
         return str(row.sample_id)
     base = row.video_id if row.video_id is not None else os.path.basename(str(row.path))
-    if row.start is None and row.end is None:
+    if _na(row.start) and _na(row.end):
         return str(base)
-    return f"{base}@{row.start if row.start is not None else ''}-{row.end if row.end is not None else ''}"
+    start = "" if _na(row.start) else row.start
+    end = "" if _na(row.end) else row.end
+    return f"{base}@{start}-{end}"
 
 
 def _classes(df: pd.DataFrame, classes: tuple[str, ...], source: str) -> tuple[str, ...]:
