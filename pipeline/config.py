@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline import io
+from pipeline.demo.synth import DemoConfig
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.prompts import PromptConfig
 from pipeline.faces.config import FacesConfig
@@ -89,6 +90,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 
