@@ -1,0 +1,83 @@
+"""Configuration of the face stage (config section ``faces``): sampling, detection,
+tracking and cropping.
+
+In: values from YAML / ``key=value`` overrides. Out: a frozen, validated ``FacesConfig``.
+No torch import here, so loading a config stays cheap. Sizes are in pixels of the source
+frame unless a field says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SAMPLINGS = ("all", "every_k", "fps", "count")
+ASPECTS = ("square", "stretch")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class FacesConfig:
+    sampling: Literal["all", "every_k", "fps", "count"] = "all"  # frames kept in the window
+    every_k: int = 2  # sampling='every_k': keep every k-th frame of the window
+    target_fps: float = 5.0  # sampling='fps': frames per second, on container timestamps
+    num_frames: int = 16  # sampling='count': this many frames, evenly spaced
+    folder_fps: float = 25.0  # frame folders: timestamp = position / folder_fps
+    image_exts: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # frame files
+    chunk_frames: int = 32  # frames decoded at once (bounds decode memory)
+    cache_mb: int = 256  # full frames kept per batch for the crop pass; beyond: re-decode
+    detect_size: int = 320  # longest side of the frames MTCNN sees (never upscaled)
+    detect_batch: int = 32  # equal-size frames per MTCNN call
+    min_face: int = 40  # shorter side of a kept box, source px
+    min_prob: float = 0.97  # MTCNN probability of a kept box
+    track_iou: float = 0.3  # least IoU that links a detection to a track's last box
+    max_gap: int = 5  # longest run of missed frames filled by interpolation
+    smooth: int = 5  # centred moving-average window over frames for boxes (1 = off)
+    crop_size: int = 224  # side of the square crop, px
+    margin: float = 0.2  # crop side = longer box side * (1 + margin)
+    aspect: Literal["square", "stretch"] = "square"  # stretch: box squeezed square (facenet)
+    align: bool = False  # rotate crops so the eyes are level (needs landmarks)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    store_crops: bool = False  # write crops as PNG into the faces table (else recrop later)
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"faces.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.aspect not in ASPECTS:
+            raise ValueError(f"faces.aspect must be one of {ASPECTS}, got {self.aspect!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"faces.device must be one of {DEVICES}, got {self.device!r}")
+        _positive("every_k", self.every_k)
+        _positive("target_fps", self.target_fps)
+        _positive("num_frames", self.num_frames)
+        _positive("folder_fps", self.folder_fps)
+        _positive("chunk_frames", self.chunk_frames)
+        _positive("detect_batch", self.detect_batch)
+        _positive("crop_size", self.crop_size)
+        _positive("smooth", self.smooth)
+        if self.cache_mb < 0:
+            raise ValueError(f"faces.cache_mb must be >= 0, got {self.cache_mb}")
+        if self.detect_size < 48:
+            # below this MTCNN's pyramid has no level for a 40 px face
+            raise ValueError(f"faces.detect_size must be >= 48, got {self.detect_size}")
+        if self.min_face < 1:
+            raise ValueError(f"faces.min_face must be >= 1, got {self.min_face}")
+        if not 0.0 < self.min_prob <= 1.0:
+            raise ValueError(f"faces.min_prob must be in (0, 1], got {self.min_prob}")
+        if not 0.0 < self.track_iou <= 1.0:
+            raise ValueError(f"faces.track_iou must be in (0, 1], got {self.track_iou}")
+        if self.max_gap < 0:
+            raise ValueError(f"faces.max_gap must be >= 0, got {self.max_gap}")
+        if self.smooth % 2 == 0:
+            raise ValueError(f"faces.smooth must be odd (a centred window), got {self.smooth}")
+        if not 0.0 <= self.margin <= 4.0:
+            raise ValueError(f"faces.margin must be in [0, 4], got {self.margin}")
+        if not self.image_exts or any(not e.startswith(".") for e in self.image_exts):
+            raise ValueError(
+                f"faces.image_exts must be non-empty names like '.jpg', got {self.image_exts!r}"
+            )
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"faces.{name} must be > 0, got {value}")

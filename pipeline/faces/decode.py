@@ -1,0 +1,241 @@
+"""Frame sources and the sampling policy: which frames of a sample to decode, and decoding
+exactly those, a chunk at a time.
+
+In: a local path (a video file, a folder of frame images or one image file), the sample's
+window (``start``, ``end``, ``time_unit``) and a ``FacesConfig``.
+Out: ``FrameSource`` objects with per-frame ``timestamps`` (seconds; from the container
+for videos, position / ``folder_fps`` for folders) and ``read(indices)``, which returns
+for every index either an RGB uint8 (H, W, 3) array or the error message of that frame.
+Opening a source that cannot be decoded raises one of ``DECODE_ERRORS``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+
+import av
+import numpy as np
+from decord import VideoReader, cpu
+from decord._ffi.base import DECORDError
+from PIL import Image
+
+from pipeline.faces.config import FacesConfig
+
+# decord raises DECORDError (not a RuntimeError) for broken streams and RuntimeError for
+# files it cannot open; PIL raises OSError subclasses; a bad window raises ValueError.
+DECODE_ERRORS = (DECORDError, RuntimeError, OSError, ValueError)
+WINDOW_EPS = 1e-3  # s; container timestamps are float32, windows are inclusive
+MEDIA = ("video", "frames", "faces")
+_DECODER_DELAY = 32  # packets past the last wanted frame that may still be needed
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value: image_5 < image_40 < image_105."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts)
+
+
+def list_frame_files(folder: str, exts: Sequence[str]) -> list[str]:
+    """Image file names in ``folder``, numerically sorted; hidden files skipped."""
+    wanted = tuple(e.lower() for e in exts)
+    names = [n for n in os.listdir(folder)
+             if not n.startswith(".") and n.lower().endswith(wanted)]
+    return sorted(names, key=natural_key)
+
+
+def window_positions(
+    timestamps: np.ndarray, start: float | None, end: float | None, time_unit: str
+) -> np.ndarray:
+    """Frame indices inside the inclusive window; ``None`` bounds mean the file's ends."""
+    n = len(timestamps)
+    if time_unit == "frame":
+        axis = np.arange(n, dtype=np.float64)
+        eps = 1e-6
+    elif time_unit == "s":
+        axis = np.asarray(timestamps, dtype=np.float64)
+        eps = WINDOW_EPS
+    else:
+        raise ValueError(f"time_unit must be 's' or 'frame', got {time_unit!r}")
+    keep = np.ones(n, dtype=bool)
+    if start is not None:
+        keep &= axis >= start - eps
+    if end is not None:
+        keep &= axis <= end + eps
+    return np.flatnonzero(keep)
+
+
+def apply_policy(positions: np.ndarray, timestamps: np.ndarray, cfg: FacesConfig) -> np.ndarray:
+    """Subsample the window's frame indices by ``cfg.sampling``."""
+    if len(positions) == 0 or cfg.sampling == "all":
+        return positions
+    if cfg.sampling == "every_k":
+        return positions[:: cfg.every_k]
+    if cfg.sampling == "count":
+        if len(positions) <= cfg.num_frames:
+            return positions
+        # spacing >= 1 between the targets, so rounding never repeats a frame
+        picks = np.round(np.linspace(0, len(positions) - 1, cfg.num_frames)).astype(int)
+        return positions[picks]
+    # "fps": the first frame at or after every tick of a regular clock, so that variable
+    # frame rates are resampled on real time, not on frame counts
+    ts = np.asarray(timestamps, dtype=np.float64)[positions]
+    step = 1.0 / cfg.target_fps
+    ticks = ts[0] + step * np.arange(int(math.floor((ts[-1] - ts[0]) / step + 1e-9)) + 1)
+    picks = np.unique(np.searchsorted(ts, ticks - 1e-9, side="left"))
+    return positions[picks[picks < len(positions)]]
+
+
+def sample_indices(
+    timestamps: np.ndarray, start: float | None, end: float | None, time_unit: str,
+    cfg: FacesConfig,
+) -> np.ndarray:
+    """The frame indices of a sample: its window, then the sampling policy."""
+    return apply_policy(window_positions(timestamps, start, end, time_unit), timestamps, cfg)
+
+
+class FrameSource:
+    """Random access to the frames of one medium."""
+
+    timestamps: np.ndarray  # float64 seconds per frame
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def read(self, indices: Sequence[int]) -> list[np.ndarray | str]:
+        raise NotImplementedError
+
+    def chunks(self, indices: Sequence[int], size: int) -> Iterator[list[np.ndarray | str]]:
+        """``read`` in chunks of ``size`` frames, so memory stays bounded."""
+        for lo in range(0, len(indices), size):
+            yield self.read(indices[lo: lo + size])
+
+
+class VideoSource(FrameSource):
+    def __init__(self, path: str, num_threads: int = 0) -> None:
+        self.path = path
+        self.num_threads = num_threads
+        self._vr = self._open()
+        self.timestamps = self._vr.get_frame_timestamp(np.arange(len(self._vr)))[:, 0].astype(
+            np.float64
+        )
+
+    def _open(self) -> VideoReader:
+        return VideoReader(self.path, ctx=cpu(0), num_threads=self.num_threads)
+
+    def read(self, indices: Sequence[int]) -> list[np.ndarray | str]:
+        idx = [int(i) for i in indices]
+        if not idx:
+            return []
+        try:
+            return list(self._vr.get_batch(idx).asnumpy())
+        except DECORDError:
+            # One corrupt frame fails the whole batch and leaves the reader broken. decord's
+            # single-frame reads are no way out: its decoder thread runs ahead of the
+            # reader, so a neighbour's broken packet can fail a good frame, depending on
+            # timing. PyAV decodes synchronously and gives the same pixels (checked in
+            # the tests), so it tells good frames from bad ones deterministically.
+            self._vr = self._open()
+            try:
+                return read_with_pyav(self.path, idx)
+            except (av.error.FFmpegError, OSError, ValueError) as err:
+                return [f"frame {i}: {_first_line(err)}" for i in idx]
+
+
+def read_with_pyav(path: str, indices: Sequence[int]) -> list[np.ndarray | str]:
+    """Frames by decord's numbering (packets in presentation order) decoded with PyAV;
+    a frame whose packet fails to decode comes back as its error message."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+        if any(i >= len(pts) for i in indices):
+            return [f"frame {i}: past the {len(pts)} packets PyAV sees" for i in indices]
+        wanted = {pts[i] for i in indices}
+        frames: dict[int, np.ndarray] = {}
+        errors: dict[int, str] = {}
+        container.seek(min(wanted), stream=stream, backward=True, any_frame=False)
+        last, beyond = max(wanted), 0
+        for packet in container.demux(stream):
+            try:
+                # the last packet (size 0) flushes the decoder's delayed frames
+                for frame in packet.decode():
+                    if frame.pts in wanted:
+                        frames[frame.pts] = _rgb(frame)
+            except av.error.FFmpegError as err:
+                errors[packet.pts] = _first_line(err)
+            # every frame shown up to `last` is in packets decoded up to `last`; allow the
+            # decoder's delay, then stop instead of decoding the rest of the file
+            if packet.dts is not None and packet.dts > last:
+                beyond += 1
+            if len(frames) == len(wanted) or beyond > _DECODER_DELAY:
+                break
+    out: list[np.ndarray | str] = []
+    for i in indices:
+        p = pts[i]
+        if p in frames:
+            out.append(frames[p])
+        else:
+            out.append(f"frame {i}: {errors.get(p, 'no picture decoded')}")
+    return out
+
+
+def _rgb(frame: av.VideoFrame) -> np.ndarray:
+    img = frame.to_ndarray(format="rgb24")
+    # decord applies the display rotation: do the same (counterclockwise degrees)
+    turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
+
+
+class FolderSource(FrameSource):
+    def __init__(self, folder: str, exts: Sequence[str], fps: float) -> None:
+        names = list_frame_files(folder, exts)
+        if not names:
+            raise FileNotFoundError(f"no frame images with extensions {tuple(exts)} in {folder}")
+        self.files = [os.path.join(folder, n) for n in names]
+        self.timestamps = np.arange(len(names), dtype=np.float64) / fps
+
+    def read(self, indices: Sequence[int]) -> list[np.ndarray | str]:
+        out: list[np.ndarray | str] = []
+        for i in indices:
+            try:
+                out.append(read_image(self.files[int(i)]))
+            except (OSError, ValueError) as err:
+                out.append(f"{os.path.basename(self.files[int(i)])}: {err}")
+        return out
+
+
+class ImageSource(FolderSource):
+    """One image file: a one-frame sample at time 0."""
+
+    def __init__(self, path: str) -> None:
+        self.files = [path]
+        self.timestamps = np.zeros(1, dtype=np.float64)
+        read_image(path)  # an unreadable file is a decode error of the sample, not a bad frame
+
+
+def read_image(path: str) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def open_source(path: str, media: str, cfg: FacesConfig, num_threads: int = 0) -> FrameSource:
+    """Open a local medium: a folder is a frame folder, an image file a one-frame sample,
+    any other file a video (``media`` 'video', 'frames' or 'faces')."""
+    if media not in MEDIA:
+        raise ValueError(f"media must be one of {MEDIA}, got {media!r}")
+    if os.path.isdir(path):
+        return FolderSource(path, cfg.image_exts, cfg.folder_fps)
+    if path.lower().endswith(tuple(e.lower() for e in cfg.image_exts)):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such image: {path}")
+        return ImageSource(path)
+    if media != "video":
+        raise ValueError(f"media {media!r} needs a folder or an image file, got {path}")
+    return VideoSource(path, num_threads)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,126 @@
+"""Face detection: facenet-pytorch MTCNN on downscaled, equal-size frame batches.
+
+In: RGB uint8 frames (H, W, 3), any mix of sizes. Out: per frame a ``FrameFaces`` with
+boxes (n, 4) x1 y1 x2 y2, probabilities (n,) and landmarks (n, 5, 2) (left eye, right
+eye, nose, mouth left, mouth right), all in source pixels and already filtered by
+``min_prob`` and ``min_face``. Only ``MTCNN.detect`` is used: its crop path needs OpenCV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from facenet_pytorch import MTCNN
+
+from pipeline.faces.config import FacesConfig
+
+
+@dataclass(frozen=True)
+class FrameFaces:
+    boxes: np.ndarray  # (n, 4) float32, source px
+    probs: np.ndarray  # (n,) float32
+    landmarks: np.ndarray  # (n, 5, 2) float32, source px
+
+    @staticmethod
+    def empty() -> FrameFaces:
+        return FrameFaces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                          np.zeros((0, 5, 2), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("faces.device is 'cuda' but torch.cuda.is_available() is False")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"faces.device must be 'auto', 'cpu' or 'cuda', got {name!r}")
+    return torch.device(name)
+
+
+def detect_shape(height: int, width: int, detect_size: int) -> tuple[int, int]:
+    """(h, w) of the frame MTCNN sees: longest side ``detect_size``, never upscaled."""
+    scale = min(1.0, detect_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def downscale(frames: np.ndarray, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, h, w, 3) uint8 on ``device``, antialiased bilinear."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    if tuple(x.shape[1:3]) == tuple(shape):
+        return x
+    y = F.interpolate(x.permute(0, 3, 1, 2).float(), size=shape, mode="bilinear",
+                      antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def to_source(points: np.ndarray, src_hw: tuple[int, int], det_hw: tuple[int, int]) -> np.ndarray:
+    """Map (..., 2k) x, y coordinates from the detection frame back to source pixels."""
+    sx = src_hw[1] / det_hw[1]
+    sy = src_hw[0] / det_hw[0]
+    out = np.array(points, dtype=np.float64, copy=True)
+    out[..., 0::2] *= sx
+    out[..., 1::2] *= sy
+    return out.astype(np.float32)
+
+
+class FaceDetector:
+    """MTCNN with the stage's thresholds; thread-unsafe (one per worker)."""
+
+    def __init__(self, cfg: FacesConfig, device: torch.device | None = None) -> None:
+        self.cfg = cfg
+        self.device = device if device is not None else resolve_device(cfg.device)
+        # keep_all: every face of every frame, the tracker picks one per sample
+        self.mtcnn = MTCNN(keep_all=True, select_largest=False, device=self.device)
+        self.mtcnn.eval()
+
+    def detect_small(self, small: torch.Tensor, src_hw: tuple[int, int]) -> list[FrameFaces]:
+        """Detect on already downscaled frames (N, h, w, 3) uint8 of one source size."""
+        det_hw = (int(small.shape[1]), int(small.shape[2]))
+        scale = det_hw[0] / src_hw[0]
+        # MTCNN's pyramid starts at the smallest face it looks for: start just below the
+        # configured minimum (in detection px) instead of its default 20 px, never below
+        # its 12 px cell, which would upscale the frame
+        self.mtcnn.min_face_size = max(12.0, 0.8 * self.cfg.min_face * scale)
+        out: list[FrameFaces] = []
+        for lo in range(0, len(small), self.cfg.detect_batch):
+            part = small[lo: lo + self.cfg.detect_batch]
+            boxes, probs, points = self.mtcnn.detect(part, landmarks=True)
+            for b, p, pt in zip(boxes, probs, points, strict=True):
+                out.append(self.select(b, p, pt, src_hw, det_hw))
+        return out
+
+    def select(self, boxes, probs, points, src_hw: tuple[int, int],
+               det_hw: tuple[int, int]) -> FrameFaces:
+        """One frame of raw ``MTCNN.detect`` output -> source pixels, filtered."""
+        if boxes is None or len(boxes) == 0:
+            return FrameFaces.empty()
+        # keep_all gives object arrays per frame: convert each to plain float arrays
+        b = to_source(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), src_hw, det_hw)
+        pt = to_source(np.asarray(points, dtype=np.float64).reshape(-1, 10), src_hw, det_hw)
+        p = np.asarray(probs, dtype=np.float32).reshape(-1)
+        side = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+        ok = (p >= self.cfg.min_prob) & (side >= self.cfg.min_face)
+        return FrameFaces(b[ok], p[ok], pt[ok].reshape(-1, 5, 2))
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[FrameFaces]:
+        """Detect on full frames of any sizes; equal sizes share MTCNN batches."""
+        out: list[FrameFaces | None] = [None] * len(frames)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, f in enumerate(frames):
+            groups.setdefault((int(f.shape[0]), int(f.shape[1])), []).append(i)
+        for src_hw, members in groups.items():
+            shape = detect_shape(*src_hw, self.cfg.detect_size)
+            for lo in range(0, len(members), self.cfg.detect_batch):
+                part = members[lo: lo + self.cfg.detect_batch]
+                small = downscale(np.stack([frames[i] for i in part]), shape, self.device)
+                for i, faces in zip(part, self.detect_small(small, src_hw), strict=True):
+                    out[i] = faces
+        return [f if f is not None else FrameFaces.empty() for f in out]

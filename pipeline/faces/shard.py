@@ -1,0 +1,66 @@
+"""The face stage as shard work: manifest part in, faces part out.
+
+In: the ``ok`` manifest rows of one shard. Out: FACES rows (one per sampled frame; crops
+as PNG bytes only when ``faces.store_crops``). ``FaceStage`` does the work and
+``faces_table`` shapes it; this module only reads the shard's input.
+"""
+
+from __future__ import annotations
+
+import io as _pyio
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import parquet
+from pipeline.faces.config import FacesConfig
+from pipeline.faces.stage import FaceStage
+from pipeline.faces.table import faces_table
+from pipeline.workspace import Workspace
+from schemas import get
+
+FAILED = frozenset({"decode_error", "bad_frame"})
+WITH_FACE = ("ok", "filled")
+# The manifest columns a face shard depends on: a role or label change must not redo faces.
+INPUT_COLUMNS = ["sample_id", "video_id", "subject_id", "path", "media", "start", "end",
+                 "time_unit", "shard_id", "status"]
+
+
+def manifest_input(ws: Workspace, shard_id: str) -> pa.Table:
+    """The shard's ok manifest rows, restricted to the columns the face stage reads."""
+    t = parquet.read(ws.part_url("manifest", shard_id), columns=INPUT_COLUMNS)
+    return t.filter(pa.compute.equal(t.column("status"), "ok")).replace_schema_metadata(None)
+
+
+def input_digest(ws: Workspace, shard_id: str) -> str:
+    return parquet.digest(manifest_input(ws, shard_id))
+
+
+def columns(table: pa.Table) -> dict[str, np.ndarray]:
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+
+
+def unpng(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(_pyio.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class FacesShard:
+    name = "faces"
+    outputs = ("faces",)
+    failure_statuses = FAILED
+
+    def __init__(self, cfg: FacesConfig, num_threads: int | None = None):
+        self.cfg = cfg
+        self.stage = FaceStage(cfg, num_threads)
+
+    def schema(self, table: str) -> pa.Schema:
+        return get("faces")
+
+    def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]:
+        return columns(manifest_input(ws, shard_id))
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
+        return {"faces": faces_table(self.stage(rows), self.cfg.store_crops)}
