@@ -105,7 +105,16 @@ def _yaml_str(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ap = parser()
+    if argv[:1] == ["bench"]:
+        args = ap.parse_args(argv)
+    else:  # key=value overrides may stand anywhere among the flags
+        args, extra = ap.parse_known_args(argv)
+        bad = [a for a in extra if a.startswith("-") or "=" not in a]
+        if bad:
+            ap.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = list(getattr(args, "overrides", None) or []) + extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "bench":

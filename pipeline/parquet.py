@@ -59,7 +59,8 @@ def to_table(columns: Mapping[str, object], schema: pa.Schema) -> pa.Table:
             if n is None:
                 n = len(next(iter(columns.values()))) if columns else 0
             if not field.nullable:
-                raise ValueError(f"required column {field.name!r} is missing")
+                raise ValueError(f"required column {field.name!r} of the {schema_name(schema)} table "
+                                 "is missing")
             arr = pa.nulls(n, type=field.type)
         if n is None:
             n = len(arr)

@@ -29,6 +29,7 @@ import pipeline
 from pipeline import config as cfgmod
 from pipeline import faults, parquet
 from pipeline.workspace import Workspace
+from schemas import check
 
 log = logging.getLogger(__name__)
 CODE_VERSION = pipeline.__version__
@@ -63,7 +64,7 @@ class ShardStage(Protocol):
 
     def schema(self, table: str) -> pa.Schema: ...
     def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]: ...
-    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]: ...
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict | pa.Table]: ...
 
 
 @dataclass
@@ -157,7 +158,12 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
     summaries = {}
     for table in stage.outputs:
         schema = stage.schema(table)
-        data = parquet.to_table(produced[table], schema)
+        data = produced[table]
+        if isinstance(data, pa.Table):
+            check(data, schema)  # a stage that builds its own table must match exactly
+            data = data.replace_schema_metadata(schema.metadata)
+        else:
+            data = parquet.to_table(data, schema)
         if table in kept:
             data = pa.concat_tables([kept[table].cast(schema), data])
             order = _sort_keys(data)
@@ -226,10 +232,8 @@ def _write_errors(ws, stage, table, shard_id, data: pa.Table, run_id: str, meta:
                                 value_set=pa.array(sorted(stage.failure_statuses), pa.string()))
         failed = data.filter(mask)
     n = failed.num_rows
-    cols = {name: failed.column(name) for name in ("sample_id", "video_id", "subject_id",
-                                                    "status", "error") if name in failed.schema.names}
-    if "frame_index" in failed.schema.names:
-        cols["frame_index"] = failed.column("frame_index")
+    cols = {f.name: failed.column(f.name) if f.name in failed.schema.names else [None] * n
+            for f in schema if f.name not in ("stage", "shard_id", "run_id")}
     cols.update(stage=[stage.name] * n, shard_id=[shard_id] * n, run_id=[run_id] * n)
     parquet.write(ws.errors_url(table, shard_id),
                   parquet.with_run_metadata(parquet.to_table(cols, schema), **meta))

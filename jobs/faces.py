@@ -1,0 +1,44 @@
+"""`autt faces`: OUT/manifest -> OUT/faces (decode, detect, track, crop), one part per shard.
+
+Every done manifest shard is one unit of work; its ok samples go through FaceStage on a
+Ray actor that holds MTCNN. Crops are written only with ``faces.store_crops=true``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from jobs.runner import StageRun, run_shards
+from pipeline import config as cfgmod
+from pipeline.config import Config
+from pipeline.faces.config import FacesConfig
+from pipeline.faces.shard import FAILED, FacesShard, input_digest
+from pipeline.shards import Fingerprint, plan
+from pipeline.workspace import Workspace
+
+
+def faces_fingerprint(ws: Workspace, shard_id: str, faces: FacesConfig) -> Fingerprint:
+    return Fingerprint(config={"faces": cfgmod.to_dict(faces)},
+                       inputs={"manifest": input_digest(ws, shard_id)})
+
+
+def manifest_shards(ws: Workspace) -> list[str]:
+    shards = sorted(ws.markers("manifest"))
+    if not shards:
+        raise FileNotFoundError(f"no ingested samples in {ws.root}: run `autt ingest` first")
+    return shards
+
+
+def wants_gpu(device: str) -> bool:
+    return device in ("auto", "cuda")
+
+
+def run(cfg: Config, run_id: str) -> StageRun:
+    ws = Workspace(cfg.run.out)
+    fps = {s: {"faces": faces_fingerprint(ws, s, cfg.faces)} for s in manifest_shards(ws)}
+    todo = plan(ws, "faces", {s: f["faces"] for s, f in fps.items()},
+                recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,
+                failure_statuses=FAILED)
+    factory = functools.partial(FacesShard, cfg.faces)
+    return run_shards("faces", ws, factory, todo, fps, run_id, cfg.run,
+                      wants_gpu=wants_gpu(cfg.faces.device), primary="faces")

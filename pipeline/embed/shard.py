@@ -1,0 +1,135 @@
+"""The embedding stage as shard work, standalone or fused with the face stage.
+
+In: standalone (``EmbedShard``): the shard's faces rows with a face (ok/filled) and their
+manifest rows; crops come from stored PNGs, or are recomputed from the stored boxes
+(``recrop``, no detection). Fused (``FusedShard``): the shard's manifest rows; faces are
+found and embedded in one pass and crops are never written unless asked.
+Out: EMBEDDINGS rows (keys + raw image-tower vector) in ``embeddings/<backbone id>``, and
+for the fused pass also the FACES rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import parquet
+from pipeline.embed.backbone import load_backbone
+from pipeline.embed.config import EmbedConfig
+from pipeline.embed.stage import EmbedStage
+from pipeline.faces.config import FacesConfig
+from pipeline.faces.recrop import recrop
+from pipeline.faces.shard import (
+    FAILED as FACE_FAILED,
+)
+from pipeline.faces.shard import WITH_FACE, columns, manifest_input, unpng
+from pipeline.faces.stage import FaceStage
+from pipeline.faces.table import faces_table
+from pipeline.workspace import Workspace
+from schemas import embeddings_schema, get
+
+KEY_COLUMNS = ("sample_id", "video_id", "subject_id", "shard_id", "frame_index", "timestamp")
+# Samples per FaceStage call in the fused pass: bounds crop memory by this, not the shard.
+GROUP = 4
+
+
+def table_name(backbone_id: str) -> str:
+    return f"embeddings/{backbone_id}"
+
+
+def faces_input(ws: Workspace, shard_id: str) -> pa.Table:
+    t = parquet.read(ws.part_url("faces", shard_id))
+    return t.filter(pa.compute.is_in(t.column("status"), pa.array(WITH_FACE))
+                    ).replace_schema_metadata(None)
+
+
+def faces_digest(ws: Workspace, shard_id: str) -> str:
+    marker = ws.read_marker("faces", shard_id)
+    if marker is None:
+        raise FileNotFoundError(f"faces shard {shard_id} is not done; run `autt faces` first")
+    return marker["output_digest"]
+
+
+def embedding_rows(faces: dict[str, np.ndarray], vectors: np.ndarray) -> dict[str, object]:
+    rows: dict[str, object] = {k: faces[k] for k in KEY_COLUMNS}
+    rows["embedding"] = vectors
+    return rows
+
+
+class _EmbedBase:
+    failure_statuses = FACE_FAILED
+
+    def __init__(self, embed_cfg: EmbedConfig, faces_cfg: FacesConfig, num_threads: int | None):
+        self.faces_cfg = faces_cfg
+        self.embedder = EmbedStage(embed_cfg, num_threads, backbone=load_backbone(embed_cfg))
+        self.table = table_name(self.embedder.backbone.backbone_id)
+        self._schema = embeddings_schema(self.embedder.backbone.embed_dim, embed_cfg.dtype)
+
+    def schema(self, table: str) -> pa.Schema:
+        return self._schema if table == self.table else get(table)
+
+
+class EmbedShard(_EmbedBase):
+    name = "embed"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.table,)
+
+    def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]:
+        faces = faces_input(ws, shard_id)
+        man = manifest_input(ws, shard_id).to_pandas().set_index("sample_id")
+        cols = columns(faces)
+        cols["_path"] = man.loc[cols["sample_id"], "path"].to_numpy(dtype=object)
+        cols["_media"] = man.loc[cols["sample_id"], "media"].to_numpy(dtype=object)
+        return cols
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
+        n = len(rows["sample_id"])
+        crops = np.zeros((n, self.faces_cfg.crop_size, self.faces_cfg.crop_size, 3), np.uint8)
+        for sample in dict.fromkeys(rows["sample_id"]):
+            idx = np.flatnonzero(rows["sample_id"] == sample)
+            stored = rows["crop"][idx]
+            if all(c is not None for c in stored):
+                crops[idx] = np.stack([unpng(c) for c in stored])
+                continue
+            sample_row = {"path": rows["_path"][idx[0]], "media": rows["_media"][idx[0]],
+                          "sample_id": sample}
+            face = {k: rows[k][idx] for k in ("frame_index", "source_frame", "box", "landmarks",
+                                              "status", "timestamp")}
+            crops[idx] = recrop(sample_row, face, self.faces_cfg)
+        vectors = self.embedder.embed(crops)
+        return {self.table: embedding_rows(rows, vectors)}
+
+
+class FusedShard(_EmbedBase):
+    """Faces and embeddings in one pass: crops stay in memory, GROUP samples at a time."""
+
+    name = "faces+embed"
+
+    def __init__(self, embed_cfg: EmbedConfig, faces_cfg: FacesConfig, num_threads: int | None):
+        super().__init__(embed_cfg, faces_cfg, num_threads)
+        self.faces = FaceStage(faces_cfg, num_threads)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return ("faces", self.table)
+
+    def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]:
+        return columns(manifest_input(ws, shard_id))
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
+        n = len(rows["sample_id"])
+        face_parts, emb_parts = [], []
+        for start in range(0, max(n, 1), GROUP):
+            group = {k: v[start : start + GROUP] for k, v in rows.items()}
+            out = self.faces(group)
+            keep = np.isin(out["status"], WITH_FACE)
+            vectors = self.embedder.embed(out["crop_pixels"][keep])
+            emb_parts.append(embedding_rows({k: out[k][keep] for k in KEY_COLUMNS}, vectors))
+            face_parts.append(faces_table(out, self.faces_cfg.store_crops))
+        return {"faces": pa.concat_tables(face_parts), self.table: _concat(emb_parts)}
+
+
+def _concat(parts: list[dict]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}

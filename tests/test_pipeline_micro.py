@@ -1,0 +1,127 @@
+"""Faces and embeddings on the micro dataset (pre-cropped faces): reruns, resumes, faults
+on a real local Ray cluster, and the standalone and fused paths agreeing row for row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import schemas
+from jobs.cli import main as cli
+from pipeline import parquet
+from pipeline.workspace import Workspace
+
+TINY = ["embed.model=autt-tiny", "embed.weights=random"]
+EMB = "embeddings/autt-tiny__random-s0"
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    from pipeline.demo import make_micro
+
+    return make_micro(str(tmp_path_factory.mktemp("micro")), n_subjects=3, n_frames=6, extra=2)
+
+
+def run(out, command, *extra, manifest=None, executor="local"):
+    args = [command, "--out", str(out), "--executor", executor, "--quiet", *TINY, *extra]
+    if command == "ingest":
+        args += ["--manifest", manifest, "--classes", "neutral,pain", "ingest.shard_size=2"]
+    return cli(args)
+
+
+def table(out, name, schema=None) -> pa.Table:
+    return Workspace(str(out)).read_table(name, schema)
+
+
+def keys(t: pa.Table) -> list[tuple]:
+    return sorted(zip(t.column("sample_id").to_pylist(), t.column("frame_index").to_pylist()))
+
+
+def test_fused_pass_writes_conforming_tables_and_reruns_do_nothing(micro, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(out, "ingest", manifest=micro["manifest"]) == 0
+    assert run(out, "embed", "--fused") == 0
+    faces = table(out, "faces", schemas.get("faces"))
+    emb = table(out, EMB)
+    assert faces.num_rows == micro["n_samples"] * 6
+    assert set(faces.column("status").to_pylist()) == {"ok"}
+    assert faces.column("crop").null_count == faces.num_rows  # crops not stored by default
+    assert keys(emb) == keys(faces)
+    ws = Workspace(str(out))
+    for shard in ws.markers(EMB):
+        part = parquet.read(ws.part_url(EMB, shard))
+        schemas.check(part, schemas.embeddings_schema(32, "float16"))
+        schemas.check(parquet.read(ws.part_url("faces", shard)), schemas.get("faces"))
+    capsys.readouterr()
+    assert run(out, "embed", "--fused") == 0
+    assert "0 shard(s) done, 3 already done" in capsys.readouterr().out
+    # standalone embed sees the fused embeddings as done: same fingerprint either way
+    assert run(out, "embed") == 0
+    assert "embed: 0 shard(s) done, 3 already done" in capsys.readouterr().out
+
+
+def test_standalone_faces_then_embed_equals_fused(micro, tmp_path):
+    fused, split, stored = tmp_path / "fused", tmp_path / "split", tmp_path / "stored"
+    for out in (fused, split, stored):
+        assert run(out, "ingest", manifest=micro["manifest"]) == 0
+    assert run(fused, "embed", "--fused") == 0
+    assert run(split, "faces") == 0 and run(split, "embed") == 0  # crops recomputed from boxes
+    assert run(stored, "faces", "faces.store_crops=true") == 0
+    assert table(stored, "faces").column("crop").null_count == 0
+    assert run(stored, "embed", "faces.store_crops=true") == 0  # crops read back from PNG
+    ref = table(fused, EMB).sort_by([("sample_id", "ascending"), ("frame_index", "ascending")])
+    for other in (split, stored):
+        t = table(other, EMB).sort_by([("sample_id", "ascending"), ("frame_index", "ascending")])
+        assert keys(t) == keys(ref)
+        a = np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+        b = np.stack(ref.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-3)
+
+
+def test_changed_config_refuses_and_recompute_redoes(micro, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(out, "ingest", manifest=micro["manifest"]) == 0
+    assert run(out, "embed", "--fused") == 0
+    capsys.readouterr()
+    assert run(out, "faces", "faces.margin=0.5") == 2
+    err = capsys.readouterr().err
+    assert "faces: 3 done shard(s)" in err and "faces.margin: 0.2 -> 0.5" in err
+    assert run(out, "embed", "--fused", "embed.dtype=float32") == 2
+    assert "embed.dtype: 'float16' -> 'float32'" in capsys.readouterr().err
+    assert run(out, "embed", "--fused", "embed.dtype=float32", "--recompute") == 0
+    assert pa.types.is_float32(table(out, EMB).schema.field("embedding").type.value_type)
+
+
+def test_new_samples_alone_and_killed_worker_on_ray(micro, tmp_path, ray_cluster, monkeypatch,
+                                                    capsys):
+    out = tmp_path / "out"
+    assert run(out, "ingest", manifest=micro["manifest"], executor="ray") == 0
+    monkeypatch.setenv("AUTT_FAULT", "mid_shard:b0000-s0001:exit")  # kill the actor's process
+    monkeypatch.setenv("AUTT_FAULT_ONCE", str(tmp_path / "fired"))
+    assert run(out, "embed", "--fused", executor="ray") == 0  # Ray restarts it, retries
+    assert (tmp_path / "fired").exists()
+    monkeypatch.delenv("AUTT_FAULT")
+    faces = table(out, "faces")
+    assert faces.num_rows == micro["n_samples"] * 6 and len(set(keys(faces))) == faces.num_rows
+    assert keys(table(out, EMB)) == keys(faces)
+    capsys.readouterr()
+    assert run(out, "ingest", manifest=micro["manifest_plus"], executor="ray") == 0
+    assert run(out, "embed", "--fused", executor="ray") == 0
+    printed = capsys.readouterr().out
+    assert "faces+embed: 1 shard(s) done, 3 already done" in printed
+    assert table(out, "faces").num_rows == micro["n_samples_plus"] * 6
+
+
+@pytest.mark.parametrize("point", ["after_tmp", "before_done"])
+def test_interrupted_fused_shard_resumes_exactly_once(micro, tmp_path, monkeypatch, point):
+    out = tmp_path / "out"
+    assert run(out, "ingest", manifest=micro["manifest"]) == 0
+    monkeypatch.setenv("AUTT_FAULT", f"{point}:b0000-s0002")
+    assert run(out, "embed", "--fused") == 1
+    assert "b0000-s0002" not in Workspace(str(out)).markers("faces")
+    monkeypatch.delenv("AUTT_FAULT")
+    assert run(out, "embed", "--fused") == 0
+    faces, emb = table(out, "faces"), table(out, EMB)
+    assert len(set(keys(faces))) == faces.num_rows == micro["n_samples"] * 6
+    assert keys(emb) == keys(faces)
