@@ -1,0 +1,119 @@
+"""End to end: one `autt demo` run per test session (a real local Ray cluster, real MTCNN,
+the tiny open_clip model), shared by every assertion below."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import schemas
+from pipeline import parquet
+from pipeline.workspace import Workspace
+
+pytestmark = pytest.mark.slow
+EMB = "embeddings/autt-tiny__random-s0"
+
+
+def autt(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=900, check=False)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = autt("demo", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, result
+
+
+def test_demo_prints_progress_and_where_each_table_is(demo):
+    out, result = demo
+    assert "[faces+embed] 6/6 shard" in result.stderr
+    for table in ("manifest", "faces", EMB, "text_features/autt-tiny__random-s0"):
+        assert f"{out / table}" in result.stdout
+
+
+def test_every_table_conforms_to_its_schema_and_carries_metadata(demo):
+    out, _ = demo
+    ws = Workspace(str(out))
+    expected = {"manifest": schemas.get("manifest"), "faces": schemas.get("faces"),
+                EMB: schemas.embeddings_schema(32, "float16")}
+    for table, schema in expected.items():
+        markers = ws.markers(table)
+        assert len(markers) == 6
+        for shard in markers:
+            url = ws.part_url(table, shard)
+            schemas.check(parquet.read(url), schema)
+            meta = parquet.metadata(url)
+            assert meta["autt.table"] == schema.metadata[b"autt.table"].decode()
+            for key in ("schema_version", "run_id", "config_hash", "code_version"):
+                assert meta[f"autt.{key}"]
+            schemas.check(parquet.read(ws.stats_url(table, shard)), schemas.get("stats"))
+            schemas.check(parquet.read(ws.errors_url(table, shard)), schemas.get("errors"))
+
+
+def test_manifest_roles_labels_and_faces_found_in_every_frame(demo):
+    out, _ = demo
+    ws = Workspace(str(out))
+    man = ws.read_table("manifest").to_pandas()
+    assert len(man) == 24 and set(man["status"]) == {"ok"}
+    assert set(man["label"]) == {"neutral", "pain"}
+    assert man.groupby("role")["subject_id"].nunique().to_dict() == {"source": 4, "target": 2}
+    faces = ws.read_table("faces").to_pandas()
+    assert len(faces) == 24 * 40
+    ok = faces["status"].isin(["ok", "filled"])
+    assert ok.mean() > 0.97
+    boxes = np.stack(faces.loc[ok, "box"].to_numpy())
+    assert (boxes[:, 2] - boxes[:, 0] > 40).all()
+    ts = faces[faces["sample_id"] == faces["sample_id"].iloc[0]]["timestamp"].to_numpy()
+    np.testing.assert_allclose(np.diff(ts), 1 / 20, atol=1e-3)  # 20 fps from the container
+
+
+def test_embeddings_one_per_face_frame_keys_in_the_row(demo):
+    out, _ = demo
+    ws = Workspace(str(out))
+    faces = ws.read_table("faces").to_pandas()
+    emb = ws.read_table(EMB)
+    with_face = faces[faces["status"].isin(["ok", "filled"])]
+    got = sorted(zip(emb.column("sample_id").to_pylist(), emb.column("frame_index").to_pylist()))
+    assert got == sorted(zip(with_face["sample_id"], with_face["frame_index"]))
+    vec = np.stack(emb.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    assert vec.shape == (len(with_face), 32) and np.isfinite(vec).all()
+    assert np.linalg.norm(vec, axis=1).std() > 0  # raw, not normalised
+    meta = parquet.metadata(ws.part_url(EMB, sorted(ws.markers(EMB))[0]))
+    assert meta["autt.stage"] == "faces+embed"
+
+
+def test_text_features_are_float32_au_and_class_prompts(demo):
+    out, _ = demo
+    folder = out / "text_features" / "autt-tiny__random-s0"
+    parts = list(folder.glob("part-*.parquet"))
+    assert len(parts) == 1
+    t = parquet.read(str(parts[0]))
+    schemas.check(t, schemas.text_features_schema(32))
+    kinds = t.column("kind").to_pylist()
+    assert kinds.count("au") == 47 and kinds.count("class") == 2 and kinds.count("class_neg") == 2
+    assert pa.types.is_float32(t.schema.field("feature").type.value_type)
+    assert "a human face with inner eyebrows raised." in t.column("prompt").to_pylist()
+
+
+def test_rerun_does_no_work_and_status_reports_it(demo):
+    out, _ = demo
+    before = {t: Workspace(str(out)).markers(t) for t in ("manifest", "faces", EMB)}
+    again = autt("demo", "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[ingest] nothing to do (6 shard(s) already done)" in again.stderr
+    assert "[faces+embed] nothing to do (6 shard(s) already done)" in again.stderr
+    assert {t: Workspace(str(out)).markers(t) for t in before} == before
+    status = autt("status", "--out", str(out))
+    assert status.returncode == 0
+    lines = {line.split()[0]: line.split() for line in status.stdout.splitlines()[1:]}
+    assert lines["faces"][1:6] == ["6", "0", "24", "960", "0"]
