@@ -74,8 +74,8 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("status", help="per stage: shards and samples done, missing, failed")
     p.add_argument("--out", required=True)
-    p = sub.add_parser("bench", help="benchmarks: faces | embed")
-    p.add_argument("which", choices=["faces", "embed"])
+    p = sub.add_parser("bench", help="benchmarks: faces | embed | memory")
+    p.add_argument("which", choices=["faces", "embed", "memory"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return ap
 
@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "bench":
-        from jobs import bench_embed, bench_faces
+        import importlib
 
-        return (bench_faces if args.which == "faces" else bench_embed).main(args.rest)
+        return importlib.import_module(f"jobs.bench_{args.which}").main(args.rest)
     if args.command == "status":
         from jobs import status
 

@@ -49,20 +49,10 @@ def main(command: str, cfg: Config, fused: bool = False) -> int:
             from jobs.demo import prepare
 
             cfg = prepare(cfg)
-        if command in ("ingest", "run", "demo"):
-            results.append(ingest_job.run(cfg, run_id))
-        if command == "faces":
-            from jobs import faces as faces_job
-
-            results.append(faces_job.run(cfg, run_id))
-        if command == "embed" and not fused:
-            from jobs import embed as embed_job
-
-            results.append(embed_job.run(cfg, run_id))
-        if command in ("run", "demo") or (command == "embed" and fused):
-            from jobs import embed as embed_job
-
-            results.extend(embed_job.run_fused(cfg, run_id))
+        for step in _steps(command, fused):
+            results.extend(step(cfg, run_id))
+            if results[-1].failed:
+                break  # downstream stages would miss those shards: resume with the same command
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from exc
     finally:
@@ -75,6 +65,18 @@ def main(command: str, cfg: Config, fused: bool = False) -> int:
               "to resume", file=sys.stderr)
         return 1
     return 0
+
+
+def _steps(command: str, fused: bool) -> list:
+    """The stage functions a command runs, in order; each returns a list of StageRun."""
+    from jobs import embed as embed_job
+    from jobs import faces as faces_job
+
+    ingest = [lambda cfg, run_id: [ingest_job.run(cfg, run_id)]]
+    faces = [lambda cfg, run_id: [faces_job.run(cfg, run_id)]]
+    embed = [lambda cfg, run_id: [embed_job.run(cfg, run_id)]]
+    return {"ingest": ingest, "faces": faces, "embed": [embed_job.run_fused] if fused else embed,
+            "run": ingest + [embed_job.run_fused], "demo": ingest + [embed_job.run_fused]}[command]
 
 
 def _record_run(ws: Workspace, run_id: str, command: str, cfg: Config) -> None:

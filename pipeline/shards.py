@@ -66,6 +66,8 @@ class ShardStage(Protocol):
     def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]: ...
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict | pa.Table]: ...
 
+    # Optional: ``metadata(table) -> dict[str, str]``, extra Parquet metadata for a table.
+
 
 @dataclass
 class Plan:
@@ -173,7 +175,8 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
         fp = fingerprints[table]
         meta = {"schema_version": (schema.metadata or {}).get(b"autt.schema_version", b"?").decode(),
                 "run_id": run_id, "config_hash": fp.config_hash, "code_version": fp.code_version,
-                "shard_id": shard_id, "stage": stage.name}
+                "shard_id": shard_id, "stage": stage.name,
+                **(stage.metadata(table) if hasattr(stage, "metadata") else {})}
         parquet.write(ws.part_url(table, shard_id), parquet.with_run_metadata(data, **meta))
         _write_errors(ws, stage, table, shard_id, data, run_id, meta)
         _write_stats(ws, stage, table, shard_id, rows_in, data, counts, seconds, started, fp, run_id,

@@ -90,6 +90,9 @@ def test_embeddings_one_per_face_frame_keys_in_the_row(demo):
     assert np.linalg.norm(vec, axis=1).std() > 0  # raw, not normalised
     meta = parquet.metadata(ws.part_url(EMB, sorted(ws.markers(EMB))[0]))
     assert meta["autt.stage"] == "faces+embed"
+    assert meta["autt.backbone_id"] == "autt-tiny__random-s0"
+    assert len(meta["autt.weights_digest"]) == 64
+    assert '"size": 224' in meta["autt.preprocess"]
 
 
 def test_text_features_are_float32_au_and_class_prompts(demo):

@@ -18,7 +18,7 @@ def test_writer_never_infers_and_names_the_bad_column():
     with pytest.raises(ValueError, match="column 'rows_in' does not fit int64"):
         parquet.to_table({"stage": ["x"], "shard_id": ["s"], "run_id": ["r"],
                           "rows_in": ["many"], "rows_out": [1], "fingerprint": ["f"]}, schema)
-    with pytest.raises(ValueError, match="required column 'rows_out' is missing"):
+    with pytest.raises(ValueError, match="required column 'rows_out' of the stats table is missing"):
         parquet.to_table({"stage": ["x"], "shard_id": ["s"], "run_id": ["r"], "rows_in": [1],
                           "fingerprint": ["f"]}, schema)
     with pytest.raises(ValueError, match=r"\['bogus'\] are not in the stats schema"):

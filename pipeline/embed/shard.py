@@ -10,6 +10,8 @@ for the fused pass also the FACES rows.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 
@@ -67,6 +69,15 @@ class _EmbedBase:
 
     def schema(self, table: str) -> pa.Schema:
         return self._schema if table == self.table else get(table)
+
+    def metadata(self, table: str) -> dict[str, str]:
+        """Which backbone, weights and preprocessing made the vectors (embeddings only)."""
+        if table != self.table:
+            return {}
+        bb = self.embedder.backbone
+        return {"backbone_id": bb.backbone_id, "weights_digest": bb.weights_digest,
+                "model": bb.arch, "preprocess": json.dumps(bb.preprocess_info()),
+                "embedding_dtype": str(self._schema.field("embedding").type.value_type)}
 
 
 class EmbedShard(_EmbedBase):
