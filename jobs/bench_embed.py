@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from jobs.benchinfo import cpu_model
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.preprocess import preprocess_batch
 from pipeline.embed.stage import EmbedStage
@@ -48,15 +49,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -106,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device_name = torch.cuda.get_device_name(bb.device) if bb.device.type == "cuda" else "cpu"
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())  # shared machines: other users' load
-    print(f"machine   {platform.node()} | {cpu_name()} | {os.cpu_count()} cores | load {load} | "
+    print(f"machine   {platform.node()} | {cpu_model()} | {os.cpu_count()} cores | load {load} | "
           f"{platform.python_version()} | torch {torch.__version__}")
     print(f"device    {device_name} | threads {torch.get_num_threads()} | precision "
           f"{args.precision if bb.device.type == 'cuda' else 'fp32 (cpu)'}")

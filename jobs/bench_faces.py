@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import pipeline  # noqa: F401  (torchvision fix before facenet-pytorch)
+from jobs.benchinfo import cpu_model
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.decode import open_source, sample_indices
 from pipeline.faces.stage import FaceStage
@@ -26,15 +27,6 @@ from pipeline.faces.stage import FaceStage
 CLIPS = ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "face_noface.mov", "no_face.mp4")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def shared_clips() -> list[str]:

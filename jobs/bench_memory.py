@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+from jobs.benchinfo import describe
 
 
 def child(n_samples: int, frames: int, model: str, threads: int, workdir: str) -> dict:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             print(res.stderr[-3000:], file=sys.stderr)
             return 1
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+    print(f"machine: {describe()}; "
           f"model {args.model} (random init), {args.threads} torch threads, shard size 4, "
           "fused faces+embed, pre-cropped 224 px faces, in-process (no Ray)")
     print(f"{'samples':>8} {'frames':>8} {'seconds':>8} {'peak RSS MB':>12} {'vs first':>9}")

@@ -13,17 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 import pipeline  # noqa: E402,F401  (torchvision fix before anything imports it)
-from tests.media import write_video  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path | None:
-    env = os.environ.get("AUTT_SHARED_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if cand.is_dir():
-            return cand
-    return None
+from tests.media import shared_data_dir, write_video  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """``../shared/data`` beside the checkout (or $AUTT_SHARED_DATA); None when absent."""
+    env = os.environ.get("AUTT_SHARED_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def shared_faces_dir() -> Path:
+    """The shared face clips folder (may not exist: tests skip on ``.is_dir()``)."""
+    root = shared_data_dir()
+    return (root / "faces") if root else REPO.parent / "shared" / "data" / "faces"
 
 
 def write_video(path: Path, n_frames: int = 8, size: int = 64, fps: int = 10,

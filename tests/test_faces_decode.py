@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,15 +23,9 @@ from pipeline.faces.decode import (
     sample_indices,
     window_positions,
 )
+from tests.media import shared_faces_dir
 
-
-def _shared_faces() -> Path:
-    env = os.environ.get("AUTT_SHARED_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return root / "faces"
-
-
-FACES = _shared_faces()
+FACES = shared_faces_dir()
 needs_shared = pytest.mark.skipif(not FACES.is_dir(), reason="shared test media absent")
 
 

@@ -3,7 +3,6 @@ facenet-pytorch, on real photos from the shared test media."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,9 @@ from pipeline.faces.detect import (
     to_source,
 )
 from pipeline.faces.stage import FaceStage
+from tests.media import shared_faces_dir
 
-
-def _shared_faces() -> Path:
-    env = os.environ.get("AUTT_SHARED_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return root / "faces"
-
-
-FACES = _shared_faces()
+FACES = shared_faces_dir()
 needs_shared = pytest.mark.skipif(not FACES.is_dir(), reason="shared test media absent")
 CPU = torch.device("cpu")
 

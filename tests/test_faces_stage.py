@@ -4,7 +4,6 @@ as rows, one track per sample, and crops that ``recrop`` reproduces."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from pathlib import Path
 
@@ -19,15 +18,9 @@ from pipeline.faces.decode import VideoSource
 from pipeline.faces.stage import OUTPUT_COLUMNS, FaceStage, recrop
 from pipeline.faces.table import faces_table
 from schemas.tables import FACES
+from tests.media import shared_faces_dir
 
-
-def _shared_faces() -> Path:
-    env = os.environ.get("AUTT_SHARED_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return root / "faces"
-
-
-SHARED = _shared_faces()
+SHARED = shared_faces_dir()
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared test media absent")
 COLUMNS = ["sample_id", "video_id", "subject_id", "path", "media", "start", "end",
            "time_unit", "shard_id"]

@@ -71,6 +71,36 @@ def open_root(root: str, dataset: str, inner: str | None = None) -> tuple[str, l
     return url, entries
 
 
+def subject_folders(top: list[Entry], rows: list[dict], subject_re, dataset: str,
+                    example: str):
+    """Yield the subject folders of ``top``; anything else that looks like a sample (a
+    video outside a subject folder, a folder not named like a subject) becomes an
+    unparsed row appended to ``rows``."""
+    for entry in top:
+        if not entry.is_dir:
+            if has_ext(entry.name, VIDEO_EXTS):
+                rows.append(unparsed_row(key=entry.name, path=entry.url, media="video",
+                                         error=f"{entry.name}: video outside a subject folder"))
+            continue
+        if not subject_re.fullmatch(entry.name):
+            rows.append(unparsed_row(
+                key=entry.name + "/", path=entry.url, media="video",
+                error=f"{entry.name}/: folder name is not a {dataset} subject id like {example}"))
+            continue
+        yield entry
+
+
+def entry_kind(subject: str, item: Entry, folder_media: str) -> tuple[str, str, str, str] | None:
+    """(relative path, media, time unit, sample name) of a subject folder entry: a folder is
+    a frame/face folder (frame windows), a video file a video (seconds); else None."""
+    rel = f"{subject}/{item.name}"
+    if item.is_dir:
+        return rel, folder_media, "frame", item.name
+    if has_ext(item.name, VIDEO_EXTS):
+        return rel, "video", "s", stem(item.name)
+    return None
+
+
 def has_ext(name: str, exts: Iterable[str]) -> bool:
     return name.lower().endswith(tuple(exts))
 

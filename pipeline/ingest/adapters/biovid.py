@@ -62,18 +62,7 @@ def scan_biovid(
 
     _, top = c.open_root(root, "biovid", inner="video")
     rows: list[dict] = []
-    for entry in top:
-        if not entry.is_dir:
-            if c.has_ext(entry.name, c.VIDEO_EXTS):
-                rows.append(c.unparsed_row(
-                    key=entry.name, path=entry.url, media="video",
-                    error=f"{entry.name}: video outside a subject folder"))
-            continue
-        if not SUBJECT_RE.fullmatch(entry.name):
-            rows.append(c.unparsed_row(
-                key=entry.name + "/", path=entry.url, media="video",
-                error=f"{entry.name}/: folder name is not a BioVid subject id like 071309_w_21"))
-            continue
+    for entry in c.subject_folders(top, rows, SUBJECT_RE, "BioVid", "071309_w_21"):
         for item in c.list_entries(entry.url):
             row = _sample(entry.name, item, label_of, window, folder_media)
             if row is not None:
@@ -100,13 +89,10 @@ def _sample(
 ) -> dict | None:
     """The row for one entry of a subject folder, or None (not a sample: other class or
     a non-media file)."""
-    rel = f"{subject}/{item.name}"
-    if item.is_dir:
-        media, unit, name = folder_media, "frame", item.name
-    elif c.has_ext(item.name, c.VIDEO_EXTS):
-        media, unit, name = "video", "s", c.stem(item.name)
-    else:
+    kind = c.entry_kind(subject, item, folder_media)
+    if kind is None:
         return None
+    rel, media, unit, name = kind
     m = SAMPLE_RE.fullmatch(name)
     problem = None
     if m is None or m["code"] not in CODES:

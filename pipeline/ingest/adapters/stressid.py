@@ -68,17 +68,7 @@ def scan_stressid(
     answers, table, binary = ({}, "", True) if unlabelled else _read_labels(
         root, labels_path, label_column)
     rows: list[dict] = []
-    for entry in top:
-        if not entry.is_dir:
-            if c.has_ext(entry.name, c.VIDEO_EXTS):
-                rows.append(c.unparsed_row(key=entry.name, path=entry.url, media="video",
-                                           error=f"{entry.name}: video outside a subject folder"))
-            continue
-        if not SUBJECT_RE.fullmatch(entry.name):
-            rows.append(c.unparsed_row(
-                key=entry.name + "/", path=entry.url, media="video",
-                error=f"{entry.name}/: folder name is not a StressID subject id like 2ea4"))
-            continue
+    for entry in c.subject_folders(top, rows, SUBJECT_RE, "StressID", "2ea4"):
         for item in c.list_entries(entry.url):
             row = _sample(entry.name, item, folder_media)
             if row is not None:
@@ -110,13 +100,10 @@ def _labelled(
 
 
 def _sample(subject: str, item: c.Entry, folder_media: str) -> dict | None:
-    rel = f"{subject}/{item.name}"
-    if item.is_dir:
-        media, unit, name = folder_media, "frame", item.name
-    elif c.has_ext(item.name, c.VIDEO_EXTS):
-        media, unit, name = "video", "s", c.stem(item.name)
-    else:
+    kind = c.entry_kind(subject, item, folder_media)
+    if kind is None:
         return None
+    rel, media, unit, name = kind
     m = SAMPLE_RE.fullmatch(name)
     problem = None
     if m is None:
