@@ -9,16 +9,15 @@ from __future__ import annotations
 import functools
 
 from jobs.runner import StageRun, run_shards
-from pipeline import config as cfgmod
 from pipeline.config import Config
 from pipeline.faces.config import FacesConfig
-from pipeline.faces.shard import FAILED, FacesShard, input_digest
+from pipeline.faces.shard import FAILED, FacesShard, fingerprint_config, input_digest
 from pipeline.shards import Fingerprint, plan
 from pipeline.workspace import Workspace
 
 
 def faces_fingerprint(ws: Workspace, shard_id: str, faces: FacesConfig) -> Fingerprint:
-    return Fingerprint(config={"faces": cfgmod.to_dict(faces)},
+    return Fingerprint(config=fingerprint_config(faces),
                        inputs={"manifest": input_digest(ws, shard_id)})
 
 

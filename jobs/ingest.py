@@ -84,22 +84,27 @@ def run(cfg: Config, run_id: str) -> StageRun:
     if cfg.run.strict and len(bad):
         r = bad.iloc[0]
         raise manifest.ManifestError(f"--strict: sample {r.sample_id!r} is {r.status}: {r.error}")
+    conf = fingerprint_config(cfg.ingest, classes)
+
+    def fingerprints() -> dict[str, dict[str, Fingerprint]]:
+        return {s: {"manifest": Fingerprint(config=conf, inputs={"plan": input_digest(ws, s)})}
+                for s in batches.shard_ids(ws)}
+
+    kw = dict(recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,
+              failure_statuses=IngestStage.failure_statuses)
+    # Refuse a changed class list or probe setting before anything is written.
+    plan(ws, "manifest", {s: f["manifest"] for s, f in fingerprints().items()}, **kw)
     counts = batches.assign(ws, rows, classes, cfg.ingest.shard_size,
                             recompute=cfg.run.recompute, run_id=run_id)
-    stored = _stored_classes(ws)
-    if tuple(classes) != stored:
+    if tuple(classes) != _stored_classes(ws):
         io.write_text_atomic(ws.url(*CLASSES_FILE), json.dumps(list(classes)))
-    conf = fingerprint_config(cfg.ingest, classes)
-    fps = {s: {"manifest": Fingerprint(config=conf, inputs={"plan": input_digest(ws, s)})}
-           for s in batches.shard_ids(ws)}
-    todo = plan(ws, "manifest", {s: f["manifest"] for s, f in fps.items()},
-                recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,
-                failure_statuses=IngestStage.failure_statuses)
-    factory = functools.partial(_make_stage, cfg.ingest, cfg.run.strict)
+    fps = fingerprints()
+    todo = plan(ws, "manifest", {s: f["manifest"] for s, f in fps.items()}, **kw)
+    factory = functools.partial(_make_stage, cfg.ingest, tuple(classes), cfg.run.strict)
     result = run_shards("ingest", ws, factory, todo, fps, run_id, cfg.run, primary="manifest")
     result.extra.update(counts)
     return result
 
 
-def _make_stage(ingest_cfg, strict: bool, num_threads: int | None):
-    return IngestStage(ingest_cfg, num_threads, strict=strict)
+def _make_stage(ingest_cfg, classes: tuple[str, ...], strict: bool, num_threads: int | None):
+    return IngestStage(ingest_cfg, classes, num_threads, strict=strict)

@@ -45,10 +45,13 @@ def main(command: str, cfg: Config, fused: bool = False) -> int:
     t0 = time.perf_counter()
     results: list[StageRun] = []
     try:
+        if command in ("embed", "run", "demo"):
+            _check_backbone(cfg)
         if command == "demo":
             from jobs.demo import prepare
 
             cfg = prepare(cfg)
+            _record_run(ws, run_id, command, cfg)  # with the demo's manifest and classes
         for step in _steps(command, fused):
             results.extend(step(cfg, run_id))
             if results[-1].failed:
@@ -60,11 +63,27 @@ def main(command: str, cfg: Config, fused: bool = False) -> int:
     _write_summary(ws, run_id, results, time.perf_counter() - t0)
     _print_summary(ws, results, command)
     failed = {r.stage: r.failed for r in results if r.failed}
+    if failed and cfg.run.strict:
+        first = next(iter(next(iter(failed.values())).values()))
+        print(f"autt {command}: error: aborted (--strict): {first}", file=sys.stderr)
+        return 2
     if failed:
         print(f"autt {command}: shards failed: {json.dumps(failed)}; rerun the same command "
               "to resume", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_backbone(cfg: Config) -> None:
+    """Load the model now: an unknown architecture or unreachable weights stop the command
+    before any stage runs, as one line naming the value."""
+    from jobs.embed import driver_backbone
+
+    try:
+        driver_backbone(cfg.embed)
+    except (ValueError, RuntimeError, FileNotFoundError, OSError) as exc:
+        raise UserError(f"embed.model={cfg.embed.model!r} embed.weights={cfg.embed.weights!r}: "
+                        f"{exc}") from exc
 
 
 def _steps(command: str, fused: bool) -> list:

@@ -20,6 +20,7 @@ from pipeline.shards import Fingerprint, Plan, execute
 from pipeline.workspace import Workspace
 
 log = logging.getLogger("autt")
+WAIT_NOTICE_S = 120  # no shard finished for this long: print what the actors are waiting for
 
 
 @dataclass
@@ -104,6 +105,8 @@ def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
             except Exception as exc:  # a failed shard must not stop the others
                 result.failed[shard] = f"{type(exc).__name__}: {exc}"
                 _say(run, f"[{name}] shard {shard} FAILED: {exc}")
+                if run.strict:
+                    break  # --strict: the first fault aborts the command
                 continue
             result.done.append(summary)
             _progress(run, name, result, len(todo), summary, primary, t0)
@@ -135,16 +138,29 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
                 actor = free.pop()
                 ref = actor.run.remote(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id)
                 pending[ref] = (shard, actor)
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_NOTICE_S)
+            if not ready:  # say why nothing moves (e.g. actors that cannot be scheduled)
+                _say(run, f"[{name}] waiting on {len(pending)} shard(s); each actor asks "
+                          f"{cpus:.2f} CPU, {gpus:g} GPU; free now: {ray.available_resources()}")
+                continue
             shard, actor = pending.pop(ready[0])
-            free.append(actor)
             try:
                 summary = ray.get(ready[0])
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+            except ray.exceptions.RayError as exc:
                 msg = str(exc).strip().splitlines()
                 result.failed[shard] = msg[-1] if msg else type(exc).__name__
                 _say(run, f"[{name}] shard {shard} FAILED: {result.failed[shard]}")
+                if run.strict:
+                    queue.clear()  # --strict: start nothing more; shards in flight finish
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    # out of restarts: replace it so the queue does not die with it
+                    ray.kill(actor)
+                    actors.remove(actor)
+                    actor = actor_cls.remote(factory, threads)
+                    actors.append(actor)
+                free.append(actor)
                 continue
+            free.append(actor)
             result.done.append(summary)
             _progress(run, name, result, len(todo), summary, primary, t0)
     finally:

@@ -85,8 +85,14 @@ class Plan:
 
 
 def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, recompute: bool,
-         retry_failed: bool, failure_statuses: frozenset[str]) -> Plan:
-    """Decide, for every shard, whether to run, retry or skip it; refuse on changes."""
+         retry_failed: bool, failure_statuses: frozenset[str],
+         config_only: frozenset[str] = frozenset()) -> Plan:
+    """Decide, for every shard, whether to run, retry or skip it; refuse on changes.
+
+    ``config_only``: shards whose inputs are being remade in this same run (their marker is
+    compared on config alone; they run). With ``retry_failed``, a shard whose inputs changed
+    but whose config did not is redone (its upstream rows were just retried).
+    """
     done = ws.markers(table)
     result = Plan()
     changes: dict[str, list[str]] = {}
@@ -95,12 +101,13 @@ def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, rec
         if marker is None:
             result.run.append(shard_id)
             continue
-        why = describe_change(marker, fp)
-        if why:
-            if recompute:
-                result.run.append(shard_id)
-            else:
-                changes[shard_id] = why
+        why = describe_change(marker, fp, inputs=shard_id not in config_only)
+        config_changed = marker["config_hash"] != fp.config_hash
+        if why and not recompute and (config_changed or not retry_failed):
+            changes[shard_id] = why
+            continue
+        if why or shard_id in config_only:
+            result.run.append(shard_id)
             continue
         if marker["code_version"] != fp.code_version:
             result.stale_code.append(shard_id)
@@ -116,17 +123,21 @@ def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, rec
         raise StageChanged(
             f"{table}: {len(shards)} done shard(s) ({shown}) were made differently: "
             + "; ".join(reasons) + ". Rerun with --recompute to redo them, or use another --out.")
+    if result.stale_code:
+        log.warning("%s: %d done shard(s) were made by code version %s (now %s); they are kept. "
+                    "Use --recompute to redo them.", table, len(result.stale_code),
+                    done[result.stale_code[0]]["code_version"], CODE_VERSION)
     return result
 
 
-def describe_change(marker: dict, fp: Fingerprint) -> list[str]:
+def describe_change(marker: dict, fp: Fingerprint, inputs: bool = True) -> list[str]:
     """What differs between a done marker and a new fingerprint (empty: nothing)."""
     why = []
     if marker["config_hash"] != fp.config_hash:
         changed = cfgmod.diff(marker.get("config", {}), fp.config)
         why.append("config changed (" + ", ".join(changed or ["config hash"]) + ")")
-    old_inputs = marker.get("inputs", {})
-    for name in sorted(set(old_inputs) | set(fp.inputs)):
+    old_inputs = marker.get("inputs", {}) if inputs else {}
+    for name in sorted(set(old_inputs) | set(fp.inputs if inputs else {})):
         if old_inputs.get(name) != fp.inputs.get(name):
             why.append(f"input {name} changed")
     return why
@@ -158,6 +169,7 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
 
     t = time.perf_counter()
     summaries = {}
+    produced_digests: dict[str, str] = {}
     for table in stage.outputs:
         schema = stage.schema(table)
         data = produced[table]
@@ -172,7 +184,8 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
             data = data.take(order)
         counts = Counter(data.column("status").to_pylist()) if "status" in schema.names else {}
         out_digest = parquet.digest(data)
-        fp = fingerprints[table]
+        produced_digests[table] = out_digest
+        fp = resolve(fingerprints[table], produced_digests)
         meta = {"schema_version": (schema.metadata or {}).get(b"autt.schema_version", b"?").decode(),
                 "run_id": run_id, "config_hash": fp.config_hash, "code_version": fp.code_version,
                 "shard_id": shard_id, "stage": stage.name,
@@ -198,6 +211,15 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
             "seconds": seconds,
             "tables": {t: {"rows": s["rows"], "status_counts": s["status_counts"]}
                        for t, s in summaries.items()}}
+
+
+def resolve(fp: Fingerprint, produced: dict[str, str]) -> Fingerprint:
+    """Replace ``@table`` inputs by the digest of that table as written in this run (a
+    fused shard fingerprints its embeddings on the faces it has just produced)."""
+    if not any(str(v).startswith("@") for v in fp.inputs.values()):
+        return fp
+    inputs = {k: produced[v[1:]] if str(v).startswith("@") else v for k, v in fp.inputs.items()}
+    return Fingerprint(config=fp.config, inputs=inputs, code_version=fp.code_version)
 
 
 def _split_for_retry(ws: Workspace, stage: ShardStage, shard_id: str, rows: dict):

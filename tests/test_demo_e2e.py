@@ -75,6 +75,8 @@ def test_manifest_roles_labels_and_faces_found_in_every_frame(demo):
     assert (boxes[:, 2] - boxes[:, 0] > 40).all()
     ts = faces[faces["sample_id"] == faces["sample_id"].iloc[0]]["timestamp"].to_numpy()
     np.testing.assert_allclose(np.diff(ts), 1 / 20, atol=1e-3)  # 20 fps from the container
+    meta = parquet.metadata(ws.part_url("faces", sorted(ws.markers("faces"))[0]))
+    assert '"sampling": "all"' in meta["autt.sampling"]  # the policy is recorded in the output
 
 
 def test_embeddings_one_per_face_frame_keys_in_the_row(demo):

@@ -111,6 +111,9 @@ def test_per_sample_faults_become_rows_and_the_rest_goes_on(dataset, tmp_path, c
     (dataset / "s0_neutral.mp4").unlink()  # missing
     (dataset / "s1_neutral.mp4").write_bytes(b"")  # zero-byte
     (dataset / "s1_pain.mp4").write_bytes(b"\x00garbage" * 64)  # unreadable header
+    man = pd.read_csv(dataset / "manifest.csv")
+    man.loc[man["video_id"] == "s2_pain", "path"] = ""  # an empty cell, not the path "nan"
+    man.to_csv(dataset / "manifest.csv", index=False)
     out = tmp_path / "out"
     assert ingest(dataset, out) == 0
     df = manifest_rows(out).set_index("video_id")
@@ -120,12 +123,23 @@ def test_per_sample_faults_become_rows_and_the_rest_goes_on(dataset, tmp_path, c
     assert df.loc["s1_neutral", "status"] == "empty_file"
     assert df.loc["s1_pain", "status"] == "unreadable" and "s1_pain.mp4" in df.loc[
         "s1_pain", "error"]
-    assert (df.drop(index=["s0_neutral", "s1_neutral", "s1_pain"])["status"] == "ok").all()
+    assert df.loc["s2_pain", "status"] == "missing" and df.loc["s2_pain", "error"] == "path is empty"
+    assert (df.drop(index=["s0_neutral", "s1_neutral", "s1_pain", "s2_pain"])["status"] == "ok").all()
     errors = Workspace(str(out)).read_side_table("errors", "manifest", schemas.get("errors"))
-    assert sorted(errors.column("status").to_pylist()) == ["empty_file", "missing", "unreadable"]
-    # --strict turns the same faults into an abort that names the sample
-    assert ingest(dataset, tmp_path / "strict", "--strict") == 1
-    assert "--strict: sample" in capsys.readouterr().err
+    assert sorted(errors.column("status").to_pylist()) == ["empty_file", "missing", "missing",
+                                                           "unreadable"]
+    # --strict turns the same faults into an abort that names the sample: a fault found in
+    # the manifest itself before any work, a fault found by probing at that sample's shard
+    capsys.readouterr()
+    assert ingest(dataset, tmp_path / "strict", "--strict") == 2
+    assert "--strict: sample 's2_pain' is missing: path is empty" in capsys.readouterr().err
+    assert not (tmp_path / "strict" / "manifest").exists()
+    man.loc[man["video_id"] == "s2_pain", "path"] = "s2_pain.mp4"
+    man.to_csv(dataset / "manifest.csv", index=False)
+    assert ingest(dataset, tmp_path / "strict", "--strict") == 2
+    err = capsys.readouterr().err
+    assert "aborted (--strict): SampleFault: --strict: sample 's0_neutral' is missing" in err
+    assert Workspace(str(tmp_path / "strict")).markers("manifest") == {}  # its shard was first
 
 
 def test_rerun_does_no_work_and_changed_config_refuses(dataset, tmp_path, capsys):
@@ -203,8 +217,10 @@ def test_interrupted_ingest_resumes_without_duplicates(dataset, tmp_path, monkey
     assert ingest(dataset, out) == 0
     rows = manifest_rows(out)
     assert len(rows) == 8 and rows["sample_id"].is_unique
-    leftovers = [p.name for p in (out / "manifest").iterdir() if p.name.startswith("_tmp-")]
-    assert all(name.startswith("_tmp-") for name in leftovers)  # readers ignore temporaries
+    parts = sorted(p.name for p in (out / "manifest").glob("part-*.parquet"))
+    assert parts == [f"part-b0000-s000{i}.parquet" for i in range(3)]
+    if point == "after_tmp":  # the interrupted write left a temporary; readers never see it
+        assert list((out / "manifest").glob("_tmp-*"))
 
 
 def test_dataset_adapter_ingest_adds_only_a_new_subject(tmp_path, tiny_video, capsys):
@@ -235,3 +251,19 @@ def test_dataset_adapter_ingest_adds_only_a_new_subject(tmp_path, tiny_video, ca
     assert "ingest: 1 shard(s) done" in capsys.readouterr().out
     df = manifest_rows(out)
     assert set(df.loc[df["batch"] == 1, "sample_id"]) == {"100909_w_65-PA4-004"}
+
+
+def test_changed_class_order_refuses_before_writing_and_recompute_reindexes(dataset, tmp_path,
+                                                                           capsys):
+    out = tmp_path / "out"
+    assert ingest(dataset, out) == 0
+    args = ["ingest", "--manifest", str(dataset / "manifest.csv"), "--split",
+            str(dataset / "split.csv"), "--out", str(out), "--executor", "local", "--quiet",
+            "ingest.shard_size=3", "--classes", "pain,neutral"]
+    assert cli(args) == 2
+    assert "classes: ['neutral', 'pain'] -> ['pain', 'neutral']" in capsys.readouterr().err
+    assert (out / "manifest" / "_classes.json").read_text() == '["neutral", "pain"]'
+    assert cli([*args, "--recompute"]) == 0
+    df = manifest_rows(out)
+    assert set(df.loc[df["label"] == "pain", "label_index"]) == {0}
+    assert (out / "manifest" / "_classes.json").read_text() == '["pain", "neutral"]'

@@ -125,3 +125,42 @@ def test_interrupted_fused_shard_resumes_exactly_once(micro, tmp_path, monkeypat
     faces, emb = table(out, "faces"), table(out, EMB)
     assert len(set(keys(faces))) == faces.num_rows == micro["n_samples"] * 6
     assert keys(emb) == keys(faces)
+
+
+def test_retry_failed_flows_through_every_stage(micro, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(str(__import__("pathlib").Path(micro["manifest"]).parent), data)
+    folder = data / "faces" / "s01" / "s01_pain_1"
+    folder.rename(data / "hidden")
+    out = tmp_path / "out"
+    args = ["--manifest", str(data / "manifest.csv"), "--classes", "neutral,pain",
+            "ingest.shard_size=2"]
+    assert run(out, "run", *args) == 0
+    man = table(out, "manifest").to_pandas().set_index("sample_id")
+    assert man.loc["s01_pain_1", "status"] == "missing"
+    assert "s01_pain_1" not in set(table(out, "faces").column("sample_id").to_pylist())
+    (data / "hidden").rename(folder)
+    assert run(out, "run", *args) == 0  # failed rows stay failed without --retry-failed
+    assert table(out, "manifest").to_pandas().set_index("sample_id").loc[
+        "s01_pain_1", "status"] == "missing"
+    assert run(out, "run", *args, "--retry-failed") == 0
+    faces = table(out, "faces")
+    assert faces.num_rows == micro["n_samples"] * 6
+    assert keys(table(out, EMB)) == keys(faces)
+
+
+def test_standalone_embed_follows_the_faces_table_not_the_flags(micro, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(out, "ingest", manifest=micro["manifest"]) == 0
+    assert run(out, "faces", "faces.crop_size=112") == 0
+    assert run(out, "embed", "faces.crop_size=300") == 0  # the faces table's 112 px crops
+    marker = next(iter(Workspace(str(out)).markers(EMB).values()))
+    assert marker["config"]["crop"]["crop_size"] == 112
+    assert run(out, "faces", "faces.crop_size=96", "--recompute") == 0
+    capsys.readouterr()
+    assert run(out, "embed") == 2  # the faces it was made from changed
+    err = capsys.readouterr().err
+    assert "config changed (crop.crop_size: 112 -> 96)" in err
+    assert run(out, "embed", "--recompute") == 0

@@ -24,7 +24,7 @@ from pipeline.faces.recrop import recrop
 from pipeline.faces.shard import (
     FAILED as FACE_FAILED,
 )
-from pipeline.faces.shard import WITH_FACE, columns, manifest_input, unpng
+from pipeline.faces.shard import WITH_FACE, columns, faces_metadata, manifest_input, unpng
 from pipeline.faces.stage import FaceStage
 from pipeline.faces.table import faces_table
 from pipeline.workspace import Workspace
@@ -72,8 +72,8 @@ class _EmbedBase:
 
     def metadata(self, table: str) -> dict[str, str]:
         """Which backbone, weights and preprocessing made the vectors (embeddings only)."""
-        if table != self.table:
-            return {}
+        if table == "faces":
+            return faces_metadata(self.faces_cfg)
         bb = self.embedder.backbone
         return {"backbone_id": bb.backbone_id, "weights_digest": bb.weights_digest,
                 "model": bb.arch, "preprocess": json.dumps(bb.preprocess_info()),

@@ -8,11 +8,13 @@ as PNG bytes only when ``faces.store_crops``). ``FaceStage`` does the work and
 from __future__ import annotations
 
 import io as _pyio
+import json
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline import parquet
+from pipeline.config import to_dict
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.stage import FaceStage
 from pipeline.faces.table import faces_table
@@ -20,6 +22,10 @@ from pipeline.workspace import Workspace
 from schemas import get
 
 FAILED = frozenset({"decode_error", "bad_frame"})
+# Face settings that change the pixels of a crop (and so the embeddings), not the rows.
+CROP_KEYS = ("crop_size", "margin", "align", "aspect")
+# Face settings that change neither rows nor crops (speed and memory only): not fingerprinted.
+RUNTIME_KEYS = ("chunk_frames", "cache_mb", "detect_batch", "device")
 WITH_FACE = ("ok", "filled")
 # The manifest columns a face shard depends on: a role or label change must not redo faces.
 INPUT_COLUMNS = ["sample_id", "video_id", "subject_id", "path", "media", "start", "end",
@@ -38,6 +44,18 @@ def input_digest(ws: Workspace, shard_id: str) -> str:
 
 def columns(table: pa.Table) -> dict[str, np.ndarray]:
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+
+
+def faces_metadata(cfg: FacesConfig) -> dict[str, str]:
+    """The declarative sampling policy and the rest of the face settings, for the Parquet
+    metadata of every faces part (which frames were kept is then readable from the file)."""
+    sampling = {k: getattr(cfg, k) for k in ("sampling", "every_k", "target_fps", "num_frames",
+                                             "folder_fps")}
+    return {"sampling": json.dumps(sampling), "faces_config": json.dumps(to_dict(cfg))}
+
+
+def fingerprint_config(cfg: FacesConfig) -> dict:
+    return {"faces": {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}}
 
 
 def unpng(data: bytes) -> np.ndarray:
@@ -61,6 +79,9 @@ class FacesShard:
 
     def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]:
         return columns(manifest_input(ws, shard_id))
+
+    def metadata(self, table: str) -> dict[str, str]:
+        return faces_metadata(self.cfg)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
         return {"faces": faces_table(self.stage(rows), self.cfg.store_crops)}

@@ -49,10 +49,18 @@ def read_frame(url: str, what: str) -> pd.DataFrame:
                 df = pd.read_csv(f, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read {what} {url!r}: {exc}") from exc
-    df.columns = [str(c).strip() for c in df.columns]
-    df = df.map(lambda v: None if v is None or (isinstance(v, str) and not v.strip())
-                else (v.strip() if isinstance(v, str) else v))
-    return df
+    # Column by column into object dtype: pandas 3 would turn None back into NaN in a
+    # string column (and NaN would then read as the text "nan").
+    return pd.DataFrame({str(c).strip(): pd.Series([_clean(v) for v in df[c]], dtype=object)
+                         for c in df.columns})
+
+
+def _clean(v):
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return None
+    if isinstance(v, str):
+        return v.strip() or None
+    return v
 
 
 def read_manifest(url: str) -> pd.DataFrame:
@@ -69,7 +77,8 @@ def read_manifest(url: str) -> pd.DataFrame:
     if df.empty:
         raise ManifestError(f"manifest {url!r} has no rows")
     base = io.parent(url)
-    df["path"] = [None if p is None else io.absolute(str(p), base) for p in df["path"]]
+    df["path"] = pd.Series([None if _na(p) else io.absolute(str(p), base) for p in df["path"]],
+                           dtype=object)
     return df
 
 
@@ -80,7 +89,9 @@ def read_split(url: str) -> dict[str, str]:
         raise ManifestError(f"split file {url!r} lacks column(s) {missing}; it has {list(df.columns)}")
     roles: dict[str, str] = {}
     for subject, role in zip(df["subject_id"], df["role"]):
-        subject, role = str(subject), str(role).lower() if role else role
+        if _na(subject):
+            raise ManifestError(f"split file {url!r} has a row with an empty subject_id")
+        subject, role = str(subject), None if _na(role) else str(role).lower()
         if role not in ROLES:
             raise ManifestError(f"split file {url!r}: subject {subject!r} has unknown role "
                                 f"{role!r}; roles are {list(ROLES)}")

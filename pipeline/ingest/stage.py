@@ -1,6 +1,6 @@
 """The ingest stage: probe every sample of one shard into manifest rows.
 
-In: the shard's planned input rows (``batches.shard_rows``). Out: MANIFEST rows with the
+In: the shard's planned input rows (``batches.shard_rows``) and the class list. Out: MANIFEST rows with the
 probe columns filled and a per-sample ``status`` (ok, missing, empty_file, unreadable,
 bad_row, unparsed). A bad file is a row, never an exception.
 """
@@ -40,8 +40,11 @@ class IngestStage:
     outputs = ("manifest",)
     failure_statuses = FAILED
 
-    def __init__(self, cfg: IngestConfig, num_threads: int | None = None, strict: bool = False):
+    def __init__(self, cfg: IngestConfig, classes: tuple[str, ...], num_threads: int | None = None,
+                 strict: bool = False):
         self.cfg = cfg
+        self.classes = tuple(classes)  # label_index is the label's position here
+        del num_threads  # probing runs no torch; the argument is part of the stage protocol
         self.strict = strict  # abort on the first bad sample instead of writing its row
 
     def schema(self, table: str) -> pa.Schema:
@@ -56,6 +59,8 @@ class IngestStage:
         n = len(out["sample_id"])
         for col in PROBE_COLUMNS:
             out.setdefault(col, [None] * n)
+        index = {c: i for i, c in enumerate(self.classes)}
+        out["label_index"] = [index.get(v) if isinstance(v, str) else None for v in out["label"]]
         for i in range(n):
             if i == n // 2:
                 faults.maybe_fail("mid_shard", f"{self.name}/{out['shard_id'][i]}")
