@@ -1,0 +1,1 @@
+"""The test suite (see README: one shared demo run, a micro dataset, a real local Ray cluster)."""

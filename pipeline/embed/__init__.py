@@ -1,0 +1,1 @@
+"""The frozen CLIP embedding stage: backbone loading, preprocessing, prompts, text features."""

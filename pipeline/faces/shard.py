@@ -73,6 +73,7 @@ class FacesShard:
     def __init__(self, cfg: FacesConfig, num_threads: int | None = None):
         self.cfg = cfg
         self.stage = FaceStage(cfg, num_threads)
+        self.stage.make_crops = cfg.store_crops  # nothing else reads them in this stage
 
     def schema(self, table: str) -> pa.Schema:
         return get("faces")

@@ -67,6 +67,9 @@ class FaceStage:
         self.device = resolve_device(cfg.device)
         self.detector = FaceDetector(cfg, self.device)
         self.seconds: dict[str, float] = defaultdict(float)  # per phase, summed over calls
+        # False when nobody needs the pixels (faces alone, crops not stored): no crop work,
+        # and ``crop_pixels`` comes back as (N, 0, 0, 3).
+        self.make_crops = True
 
     def _set_threads(self) -> None:
         # Ray may call from another thread than __init__, where torch runs single-threaded
@@ -161,12 +164,12 @@ class FaceStage:
 
     def _rows(self, batch: dict[str, np.ndarray], s: _Sample) -> dict[str, np.ndarray]:
         if s.source is None:
-            out = _empty_rows(1, self.cfg.crop_size)
+            out = _empty_rows(1, self.cfg.crop_size if self.make_crops else 0)
             out["frame_index"][0] = -1
             out["status"][0], out["error"][0] = "decode_error", s.error
             return _with_keys(out, batch, s.row)
         n = len(s.indices)
-        out = _empty_rows(n, self.cfg.crop_size)
+        out = _empty_rows(n, self.cfg.crop_size if self.make_crops else 0)
         out["frame_index"][:] = np.arange(n)
         out["source_frame"][:] = s.indices
         out["timestamp"][:] = s.source.timestamps[s.indices]
@@ -175,7 +178,9 @@ class FaceStage:
                 out["box"][pos] = (0.0, 0.0, float(w), float(h))
                 out["prob"][pos] = 1.0
                 out["status"][pos] = "ok"
-                out["crop_pixels"][pos] = s.crops.pop(pos)
+                crop = s.crops.pop(pos)
+                if self.make_crops:
+                    out["crop_pixels"][pos] = crop
         else:
             t0 = time.perf_counter()
             dets = [None if p in s.frame_errors else s.dets.get(p) for p in range(n)]
@@ -186,12 +191,15 @@ class FaceStage:
             out["status"][:] = [_STATE_NAMES[int(v)] for v in face.state]
             self.seconds["track"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            self._crop_all(out, s, s.source)
+            if self.make_crops:
+                self._crop_all(out, s, s.source)
+            s.frames.clear()
             self.seconds["crop"] += time.perf_counter() - t0
         for pos, msg in s.frame_errors.items():
             out["status"][pos], out["error"][pos] = "bad_frame", msg
             out["box"][pos], out["landmarks"][pos], out["prob"][pos] = np.nan, np.nan, np.nan
-            out["crop_pixels"][pos] = 0
+            if self.make_crops:
+                out["crop_pixels"][pos] = 0
         return _with_keys(out, batch, s.row)
 
     def _crop_all(self, out: dict[str, np.ndarray], s: _Sample, source: FrameSource) -> None:

@@ -1,0 +1,1 @@
+"""Ingest: manifests and dataset adapters -> validated, sharded, probed manifest rows."""
