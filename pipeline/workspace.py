@@ -72,9 +72,6 @@ class Workspace:
     def write_marker(self, table: str, shard_id: str, marker: dict) -> None:
         io.write_text_atomic(self.marker_url(table, shard_id), json.dumps(marker, indent=1))
 
-    def drop_marker(self, table: str, shard_id: str) -> None:
-        io.remove(self.marker_url(table, shard_id))
-
     def tables(self) -> list[str]:
         """Every table folder holding done markers (nested ones like embeddings/<id> too)."""
         fs, path = io.fs_and_path(self.root)

@@ -45,13 +45,6 @@ def faces_input(ws: Workspace, shard_id: str) -> pa.Table:
                     ).replace_schema_metadata(None)
 
 
-def faces_digest(ws: Workspace, shard_id: str) -> str:
-    marker = ws.read_marker("faces", shard_id)
-    if marker is None:
-        raise FileNotFoundError(f"faces shard {shard_id} is not done; run `autt faces` first")
-    return marker["output_digest"]
-
-
 def embedding_rows(faces: dict[str, np.ndarray], vectors: np.ndarray) -> dict[str, object]:
     rows: dict[str, object] = {k: faces[k] for k in KEY_COLUMNS}
     rows["embedding"] = vectors

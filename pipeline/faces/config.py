@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pipeline.media import IMAGE_EXTS
+
 SAMPLINGS = ("all", "every_k", "fps", "count")
 ASPECTS = ("square", "stretch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -23,7 +25,7 @@ class FacesConfig:
     target_fps: float = 5.0  # sampling='fps': frames per second, on container timestamps
     num_frames: int = 16  # sampling='count': this many frames, evenly spaced
     folder_fps: float = 25.0  # frame folders: timestamp = position / folder_fps
-    image_exts: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # frame files
+    image_exts: tuple[str, ...] = IMAGE_EXTS  # frame files in folders
     chunk_frames: int = 32  # frames decoded at once (bounds decode memory)
     cache_mb: int = 256  # full frames kept per batch for the crop pass; beyond: re-decode
     detect_size: int = 320  # longest side of the frames MTCNN sees (never upscaled)

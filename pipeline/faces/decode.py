@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterator, Sequence
 
 import av
@@ -23,6 +22,7 @@ from decord._ffi.base import DECORDError
 from PIL import Image
 
 from pipeline.faces.config import FacesConfig
+from pipeline.media import is_image, natural_key  # noqa: F401  (natural_key: public here too)
 
 # decord raises DECORDError (not a RuntimeError) for broken streams and RuntimeError for
 # files it cannot open; PIL raises OSError subclasses; a bad window raises ValueError.
@@ -32,17 +32,10 @@ MEDIA = ("video", "frames", "faces")
 _DECODER_DELAY = 32  # packets past the last wanted frame that may still be needed
 
 
-def natural_key(name: str) -> tuple:
-    """Sort key that orders digit runs by value: image_5 < image_40 < image_105."""
-    parts = re.split(r"(\d+)", name)
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts)
-
-
 def list_frame_files(folder: str, exts: Sequence[str]) -> list[str]:
     """Image file names in ``folder``, numerically sorted; hidden files skipped."""
     wanted = tuple(e.lower() for e in exts)
-    names = [n for n in os.listdir(folder)
-             if not n.startswith(".") and n.lower().endswith(wanted)]
+    names = [n for n in os.listdir(folder) if is_image(n, wanted)]
     return sorted(names, key=natural_key)
 
 

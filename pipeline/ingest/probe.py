@@ -7,22 +7,15 @@ fps, width, height, size_bytes) plus ``status``/``error``. Never raises for a ba
 
 from __future__ import annotations
 
-import re
-
 from pipeline import io
+from pipeline.media import IMAGE_EXTS, is_image, natural_key
 
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-_NUM = re.compile(r"(\d+)")
-
-
-def numeric_key(name: str) -> list:
-    """Sort key that orders image_5 before image_105."""
-    return [int(p) if p.isdigit() else p.lower() for p in _NUM.split(name)]
+IMAGE_EXT = IMAGE_EXTS
 
 
 def list_images(url: str) -> list[str]:
-    """Image file names of a folder, sorted numerically."""
-    return sorted((n for n in io.listdir(url) if n.lower().endswith(IMAGE_EXT)), key=numeric_key)
+    """Image file names of a folder, in the face stage's frame order."""
+    return sorted((n for n in io.listdir(url) if is_image(n)), key=natural_key)
 
 
 def probe(path: str | None, media: str, read_header: bool = True) -> dict:

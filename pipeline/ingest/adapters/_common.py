@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipeline import io
+from pipeline.media import IMAGE_EXTS, natural_key  # the face stage's rules
 
 COLUMNS = (
     "sample_id", "video_id", "subject_id", "label", "path", "media",
@@ -29,7 +30,7 @@ COLUMNS = (
 )
 MEDIA = ("video", "frames", "faces")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
 UNPARSED = "unparsed"
 _LAST_NUMBER = re.compile(r"(\d+)\D*$")
 
@@ -139,10 +140,14 @@ def sorted_frames(
         frames.append((number, e.name))
     if not frames:
         return [], f"{rel}: no frame images in folder"
-    frames.sort()
+    # Positions must be those of the face stage, which orders frames by name (naturally).
+    frames.sort(key=lambda f: natural_key(f[1]))
     for (a, first), (b, second) in zip(frames, frames[1:], strict=False):
         if a == b:
             return [], f"{rel}: frames {first} and {second} share frame number {a}"
+        if a > b:
+            return [], (f"{rel}: frame {second} sorts after {first} by name but has a smaller "
+                        "frame number; rename the frames so both orders agree")
     return frames, None
 
 
