@@ -164,3 +164,11 @@ def test_standalone_embed_follows_the_faces_table_not_the_flags(micro, tmp_path,
     err = capsys.readouterr().err
     assert "config changed (crop.crop_size: 112 -> 96)" in err
     assert run(out, "embed", "--recompute") == 0
+
+
+def test_fused_groups_bound_frames_not_samples():
+    from pipeline.embed.shard import frame_groups
+
+    groups = frame_groups(np.array([400, 400, 400, 2000, 10, None], dtype=object), budget=1000)
+    assert [g.tolist() for g in groups] == [[0, 1], [2], [3], [4, 5]]
+    assert [g.tolist() for g in frame_groups(np.array([], dtype=object))] == [[]]

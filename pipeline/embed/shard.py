@@ -31,8 +31,10 @@ from pipeline.workspace import Workspace
 from schemas import embeddings_schema, get
 
 KEY_COLUMNS = ("sample_id", "video_id", "subject_id", "shard_id", "frame_index", "timestamp")
-# Samples per FaceStage call in the fused pass: bounds crop memory by this, not the shard.
-GROUP = 4
+# Frames (by the probe's count) whose crops a fused pass holds at once: ~150 MB at 224 px.
+# Memory is bounded by this, not by the shard or dataset size; one longer sample is alone.
+GROUP_FRAMES = 1024
+UNKNOWN_FRAMES = 256  # assumed for a sample whose frame count the probe did not read
 
 
 def table_name(backbone_id: str) -> str:
@@ -107,7 +109,7 @@ class EmbedShard(_EmbedBase):
 
 
 class FusedShard(_EmbedBase):
-    """Faces and embeddings in one pass: crops stay in memory, GROUP samples at a time."""
+    """Faces and embeddings in one pass: crops stay in memory, GROUP_FRAMES at a time."""
 
     name = "faces+embed"
 
@@ -123,16 +125,29 @@ class FusedShard(_EmbedBase):
         return columns(manifest_input(ws, shard_id))
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
-        n = len(rows["sample_id"])
         face_parts, emb_parts = [], []
-        for start in range(0, max(n, 1), GROUP):
-            group = {k: v[start : start + GROUP] for k, v in rows.items()}
-            out = self.faces(group)
+        for idx in frame_groups(rows["num_frames"]):
+            out = self.faces({k: v[idx] for k, v in rows.items()})
             keep = np.isin(out["status"], WITH_FACE)
             vectors = self.embedder.embed(out["crop_pixels"][keep])
             emb_parts.append(embedding_rows({k: out[k][keep] for k in KEY_COLUMNS}, vectors))
             face_parts.append(faces_table(out, self.faces_cfg.store_crops))
         return {"faces": pa.concat_tables(face_parts), self.table: _concat(emb_parts)}
+
+
+def frame_groups(num_frames: np.ndarray, budget: int = GROUP_FRAMES) -> list[np.ndarray]:
+    """Consecutive sample indices cut so that each group holds at most ``budget`` frames
+    (a sample over budget forms its own group). Always at least one (maybe empty) group."""
+    groups: list[list[int]] = [[]]
+    total = 0
+    for i, n in enumerate(num_frames):
+        n = UNKNOWN_FRAMES if n is None or not np.isfinite(float(n)) else int(n)
+        if groups[-1] and total + n > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += n
+    return [np.asarray(g, dtype=np.int64) for g in groups]
 
 
 def _concat(parts: list[dict]) -> dict[str, np.ndarray]:

@@ -29,7 +29,7 @@ RUNTIME_KEYS = ("chunk_frames", "cache_mb", "detect_batch", "device")
 WITH_FACE = ("ok", "filled")
 # The manifest columns a face shard depends on: a role or label change must not redo faces.
 INPUT_COLUMNS = ["sample_id", "video_id", "subject_id", "path", "media", "start", "end",
-                 "time_unit", "shard_id", "status"]
+                 "time_unit", "num_frames", "shard_id", "status"]
 
 
 def manifest_input(ws: Workspace, shard_id: str) -> pa.Table:
