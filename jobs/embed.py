@@ -90,7 +90,7 @@ def run(cfg: Config, run_id: str) -> StageRun:
     fps = {s: {table: Fingerprint(config=conf, inputs={"faces": m["output_digest"]})}
            for s, m in ws.markers("faces").items()}
     todo = plan(ws, table, {s: f[table] for s, f in fps.items()}, recompute=cfg.run.recompute,
-                retry_failed=False, failure_statuses=frozenset())
+                retry_failed=cfg.run.retry_failed, failure_statuses=frozenset({"embed_error"}))
     run_cfg = dataclasses.replace(cfg, faces=faces_cfg)
     factory = functools.partial(_make, EmbedShard, run_cfg)
     return run_shards("embed", ws, factory, todo, fps, run_id, cfg.run,

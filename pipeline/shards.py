@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 CODE_VERSION = pipeline.__version__
 
 
+# A stage may return, beside its tables, failed items that have no row in them (e.g. a
+# sample whose media could not be re-read): columns of the errors table, charged to the
+# stage's primary table (its status counts, its errors file, its retries).
+ERRORS_KEY = "_errors"
+
+
 class StageChanged(RuntimeError):
     """Done shards were made with another config or other inputs."""
 
@@ -165,6 +171,7 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
 
     t = time.perf_counter()
     produced = stage(rows)
+    extra_errors = produced.pop(ERRORS_KEY, None) or []
     seconds["process"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -182,7 +189,9 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
             data = pa.concat_tables([kept[table].cast(schema), data])
             order = _sort_keys(data)
             data = data.take(order)
-        counts = Counter(data.column("status").to_pylist()) if "status" in schema.names else {}
+        counts = Counter(data.column("status").to_pylist()) if "status" in schema.names else Counter()
+        extra = extra_errors if table == stage.outputs[0] else []
+        counts.update(e["status"] for e in extra)
         out_digest = parquet.digest(data)
         produced_digests[table] = out_digest
         fp = resolve(fingerprints[table], produced_digests)
@@ -191,7 +200,7 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
                 "shard_id": shard_id, "stage": stage.name,
                 **(stage.metadata(table) if hasattr(stage, "metadata") else {})}
         parquet.write(ws.part_url(table, shard_id), parquet.with_run_metadata(data, **meta))
-        _write_errors(ws, stage, table, shard_id, data, run_id, meta)
+        _write_errors(ws, stage, table, shard_id, data, extra, run_id, meta)
         _write_stats(ws, stage, table, shard_id, rows_in, data, counts, seconds, started, fp, run_id,
                      meta)
         summaries[table] = {"rows": data.num_rows, "status_counts": dict(counts),
@@ -223,18 +232,17 @@ def resolve(fp: Fingerprint, produced: dict[str, str]) -> Fingerprint:
 
 
 def _split_for_retry(ws: Workspace, stage: ShardStage, shard_id: str, rows: dict):
+    """Rows of the failed samples (named by the primary table's errors file) to redo, and
+    every table's rows of the other samples to keep."""
     primary = stage.outputs[0]
-    prev = parquet.read(ws.part_url(primary, shard_id))
-    statuses = np.asarray(prev.column("status").to_pylist(), dtype=object)
-    sample_ids = np.asarray(prev.column("sample_id").to_pylist(), dtype=object)
-    failed = set(sample_ids[np.isin(statuses, list(stage.failure_statuses))].tolist())
-    mask = np.isin(np.asarray(rows["sample_id"], dtype=object), list(failed))
+    errs = parquet.read(ws.errors_url(primary, shard_id), columns=["sample_id"])
+    failed = sorted(set(errs.column("sample_id").to_pylist()))
+    mask = np.isin(np.asarray(rows["sample_id"], dtype=object), failed)
     retry_rows = {k: np.asarray(v)[mask] if len(v) == len(mask) else v for k, v in rows.items()}
     kept = {}
     for table in stage.outputs:
         t = parquet.read(ws.part_url(table, shard_id)).replace_schema_metadata(None)
-        keep_mask = ~np.isin(np.asarray(t.column("sample_id").to_pylist(), dtype=object),
-                             list(failed))
+        keep_mask = ~np.isin(np.asarray(t.column("sample_id").to_pylist(), dtype=object), failed)
         kept[table] = t.filter(pa.array(keep_mask))
     return retry_rows, kept
 
@@ -246,20 +254,27 @@ def _sort_keys(table: pa.Table) -> pa.Array:
     return pa.compute.sort_indices(table, sort_keys=keys)
 
 
-def _write_errors(ws, stage, table, shard_id, data: pa.Table, run_id: str, meta: dict) -> None:
+def _write_errors(ws, stage, table, shard_id, data: pa.Table, extra: list[dict], run_id: str,
+                  meta: dict) -> None:
+    """The shard's failed rows: rows of ``data`` with a failure status, plus ``extra`` items
+    (in a retry, ``data`` holds the kept rows too, so their failures stay recorded)."""
     from schemas import get
 
     schema = get("errors")
-    if "status" not in data.schema.names:
-        failed = data.slice(0, 0)
-    else:
+    if "status" in data.schema.names:
         mask = pa.compute.is_in(data.column("status"),
                                 value_set=pa.array(sorted(stage.failure_statuses), pa.string()))
         failed = data.filter(mask)
+    else:
+        failed = data.slice(0, 0)
     n = failed.num_rows
-    cols = {f.name: failed.column(f.name) if f.name in failed.schema.names else [None] * n
-            for f in schema if f.name not in ("stage", "shard_id", "run_id")}
-    cols.update(stage=[stage.name] * n, shard_id=[shard_id] * n, run_id=[run_id] * n)
+    cols = {f.name: failed.column(f.name).to_pylist() if f.name in failed.schema.names
+            else [None] * n for f in schema}
+    for item in extra:
+        for f in schema:
+            cols[f.name].append(item.get(f.name))
+    total = n + len(extra)
+    cols.update(stage=[stage.name] * total, shard_id=[shard_id] * total, run_id=[run_id] * total)
     parquet.write(ws.errors_url(table, shard_id),
                   parquet.with_run_metadata(parquet.to_table(cols, schema), **meta))
 

@@ -172,3 +172,28 @@ def test_fused_groups_bound_frames_not_samples():
     groups = frame_groups(np.array([400, 400, 400, 2000, 10, None], dtype=object), budget=1000)
     assert [g.tolist() for g in groups] == [[0, 1], [2], [3], [4, 5]]
     assert [g.tolist() for g in frame_groups(np.array([], dtype=object))] == [[]]
+
+
+def test_unreadable_media_costs_only_its_own_sample_in_standalone_embed(micro, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(str(__import__("pathlib").Path(micro["manifest"]).parent), data)
+    out = tmp_path / "out"
+    assert run(out, "ingest", manifest=str(data / "manifest.csv")) == 0
+    assert run(out, "faces") == 0
+    folder = data / "faces" / "s01" / "s01_neutral_1"
+    folder.rename(data / "away")  # the media went away after the faces ran
+    assert run(out, "embed") == 0  # the shard finishes; the sample is an error row
+    emb, faces = table(out, EMB), table(out, "faces")
+    assert "s01_neutral_1" not in set(emb.column("sample_id").to_pylist())
+    assert emb.num_rows == faces.num_rows - 6
+    errors = Workspace(str(out)).read_side_table("errors", EMB, schemas.get("errors")).to_pylist()
+    assert [(e["sample_id"], e["status"]) for e in errors] == [("s01_neutral_1", "embed_error")]
+    assert "s01_neutral_1" in errors[0]["error"]
+    (data / "away").rename(folder)
+    assert run(out, "embed") == 0  # failed rows stay failed without --retry-failed
+    assert table(out, EMB).num_rows == faces.num_rows - 6
+    assert run(out, "embed", "--retry-failed") == 0
+    assert keys(table(out, EMB)) == keys(faces)
+    assert Workspace(str(out)).read_side_table("errors", EMB, schemas.get("errors")).num_rows == 0

@@ -20,6 +20,7 @@ from pipeline.embed.backbone import load_backbone
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.stage import EmbedStage
 from pipeline.faces.config import FacesConfig
+from pipeline.faces.decode import DECODE_ERRORS
 from pipeline.faces.recrop import recrop
 from pipeline.faces.shard import (
     FAILED as FACE_FAILED,
@@ -27,9 +28,11 @@ from pipeline.faces.shard import (
 from pipeline.faces.shard import WITH_FACE, columns, faces_metadata, manifest_input, unpng
 from pipeline.faces.stage import FaceStage
 from pipeline.faces.table import faces_table
+from pipeline.shards import ERRORS_KEY
 from pipeline.workspace import Workspace
 from schemas import embeddings_schema, get
 
+MEDIA_ERRORS = (*DECODE_ERRORS, FileNotFoundError)  # media gone or changed since the faces ran
 KEY_COLUMNS = ("sample_id", "video_id", "subject_id", "shard_id", "frame_index", "timestamp")
 # Frames (by the probe's count) whose crops a fused pass holds at once: ~150 MB at 224 px.
 # Memory is bounded by this, not by the shard or dataset size; one longer sample is alone.
@@ -54,7 +57,7 @@ def embedding_rows(faces: dict[str, np.ndarray], vectors: np.ndarray) -> dict[st
 
 
 class _EmbedBase:
-    failure_statuses = FACE_FAILED
+    failure_statuses = FACE_FAILED | {"embed_error"}
 
     def __init__(self, embed_cfg: EmbedConfig, faces_cfg: FacesConfig, num_threads: int | None):
         self.faces_cfg = faces_cfg
@@ -91,21 +94,42 @@ class EmbedShard(_EmbedBase):
         return cols
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
-        n = len(rows["sample_id"])
-        crops = np.zeros((n, self.faces_cfg.crop_size, self.faces_cfg.crop_size, 3), np.uint8)
+        """Crops per sample (stored PNGs, else re-decoded and cropped from the stored boxes),
+        embedded GROUP_FRAMES at a time. A sample whose media can no longer be read gets an
+        ``embed_error`` row and no vectors; the other samples are unaffected."""
+        parts, errors, pending, held = [], [], [], 0
         for sample in dict.fromkeys(rows["sample_id"]):
             idx = np.flatnonzero(rows["sample_id"] == sample)
-            stored = rows["crop"][idx]
-            if all(c is not None for c in stored):
-                crops[idx] = np.stack([unpng(c) for c in stored])
+            try:
+                pending.append((idx, self._crops(rows, idx)))
+            except MEDIA_ERRORS as exc:
+                errors.append({"sample_id": sample, "video_id": rows["video_id"][idx[0]],
+                               "subject_id": rows["subject_id"][idx[0]], "status": "embed_error",
+                               "error": f"{rows['_path'][idx[0]]}: {type(exc).__name__}: {exc}"})
                 continue
-            sample_row = {"path": rows["_path"][idx[0]], "media": rows["_media"][idx[0]],
-                          "sample_id": sample}
-            face = {k: rows[k][idx] for k in ("frame_index", "source_frame", "box", "landmarks",
-                                              "status", "timestamp")}
-            crops[idx] = recrop(sample_row, face, self.faces_cfg)
-        vectors = self.embedder.embed(crops)
-        return {self.table: embedding_rows(rows, vectors)}
+            held += len(idx)
+            if held >= GROUP_FRAMES:
+                parts.append(self._embed(rows, pending))
+                pending, held = [], 0
+        parts.append(self._embed(rows, pending))
+        return {self.table: _concat(parts), ERRORS_KEY: errors}
+
+    def _crops(self, rows: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        stored = rows["crop"][idx]
+        if all(c is not None for c in stored):
+            return np.stack([unpng(c) for c in stored])
+        sample_row = {"path": rows["_path"][idx[0]], "media": rows["_media"][idx[0]],
+                      "sample_id": rows["sample_id"][idx[0]]}
+        face = {k: rows[k][idx] for k in ("frame_index", "source_frame", "box", "landmarks",
+                                          "status", "timestamp")}
+        return recrop(sample_row, face, self.faces_cfg)
+
+    def _embed(self, rows: dict[str, np.ndarray], pending: list) -> dict[str, np.ndarray]:
+        idx = np.concatenate([i for i, _ in pending]) if pending else np.zeros(0, np.int64)
+        size = self.faces_cfg.crop_size
+        crops = np.concatenate([c for _, c in pending]) if pending else np.zeros((0, size, size, 3),
+                                                                                 np.uint8)
+        return embedding_rows({k: rows[k][idx] for k in KEY_COLUMNS}, self.embedder.embed(crops))
 
 
 class FusedShard(_EmbedBase):
