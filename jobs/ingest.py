@@ -42,6 +42,10 @@ def load_rows(cfg: Config, ws: Workspace):
     rows, classes = manifest.normalise(
         raw, classes=tuple(classes), split=split, target_subjects=cfg.protocol.target_subjects,
         default_media=ing.media, source=source)
+    bad = rows[rows["status"] != "ok"]
+    if cfg.run.strict and len(bad):
+        r = bad.iloc[0]
+        raise manifest.ManifestError(f"--strict: sample {r.sample_id!r} is {r.status}: {r.error}")
     return rows, classes
 
 
@@ -77,13 +81,10 @@ def _stored_classes(ws: Workspace) -> tuple[str, ...]:
     return tuple(json.loads(io.read_text(url))) if io.exists(url) else ()
 
 
-def run(cfg: Config, run_id: str) -> StageRun:
+def run(cfg: Config, run_id: str, prepared: tuple | None = None) -> StageRun:
+    """Ingest; ``prepared`` is ``load_rows``'s result when the caller validated already."""
     ws = Workspace(cfg.run.out)
-    rows, classes = load_rows(cfg, ws)
-    bad = rows[rows["status"] != "ok"]
-    if cfg.run.strict and len(bad):
-        r = bad.iloc[0]
-        raise manifest.ManifestError(f"--strict: sample {r.sample_id!r} is {r.status}: {r.error}")
+    rows, classes = prepared if prepared is not None else load_rows(cfg, ws)
     conf = fingerprint_config(cfg.ingest, classes)
 
     def fingerprints() -> dict[str, dict[str, Fingerprint]]:

@@ -40,26 +40,29 @@ def defaults(command: str) -> list[str]:
 def main(command: str, cfg: Config, fused: bool = False) -> int:
     run_id = new_run_id()
     ws = Workspace(cfg.run.out)
-    _record_run(ws, run_id, command, cfg)
-    stop = ray_session(cfg.run) if cfg.run.executor == "ray" else (lambda: None)
     t0 = time.perf_counter()
     results: list[StageRun] = []
     try:
-        if command in ("embed", "run", "demo"):
-            _check_backbone(cfg)
+        # Everything that can be wrong with the settings or the manifest fails here,
+        # before a cluster starts or anything is written.
         if command == "demo":
             from jobs.demo import prepare
 
-            cfg = prepare(cfg)
-            _record_run(ws, run_id, command, cfg)  # with the demo's manifest and classes
-        for step in _steps(command, fused):
-            results.extend(step(cfg, run_id))
-            if results[-1].failed:
-                break  # downstream stages would miss those shards: resume with the same command
+            cfg = prepare(cfg)  # the demo's own data, manifest and classes
+        if command in ("embed", "run", "demo"):
+            _check_backbone(cfg)
+        prepared = ingest_job.load_rows(cfg, ws) if command in ("ingest", "run", "demo") else None
+        _record_run(ws, run_id, command, cfg)
+        stop = ray_session(cfg.run) if cfg.run.executor == "ray" else (lambda: None)
+        try:
+            for step in _steps(command, fused, prepared):
+                results.extend(step(cfg, run_id))
+                if results[-1].failed:
+                    break  # downstream would miss those shards: resume with the same command
+        finally:
+            stop()
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from exc
-    finally:
-        stop()
     _write_summary(ws, run_id, results, time.perf_counter() - t0)
     _print_summary(ws, results, command)
     failed = {r.stage: r.failed for r in results if r.failed}
@@ -86,12 +89,12 @@ def _check_backbone(cfg: Config) -> None:
                         f"{exc}") from exc
 
 
-def _steps(command: str, fused: bool) -> list:
+def _steps(command: str, fused: bool, prepared) -> list:
     """The stage functions a command runs, in order; each returns a list of StageRun."""
     from jobs import embed as embed_job
     from jobs import faces as faces_job
 
-    ingest = [lambda cfg, run_id: [ingest_job.run(cfg, run_id)]]
+    ingest = [lambda cfg, run_id: [ingest_job.run(cfg, run_id, prepared)]]
     faces = [lambda cfg, run_id: [faces_job.run(cfg, run_id)]]
     embed = [lambda cfg, run_id: [embed_job.run(cfg, run_id)]]
     return {"ingest": ingest, "faces": faces, "embed": [embed_job.run_fused] if fused else embed,
