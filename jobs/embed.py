@@ -113,10 +113,14 @@ def run_fused(cfg: Config, run_id: str) -> list[StageRun]:
                for s in shards}
     emb_plan = plan(ws, table, emb_fps, failure_statuses=frozenset(), config_only=frozenset(redo),
                     **kw)
-    # A shard runs whole when either table needs it (its faces are recomputed identically);
-    # retry mode only when nothing else is asked of it.
+    # A shard runs whole when either table needs it whole (its faces are recomputed
+    # identically); a faces retry stays a retry (failed samples only) when its embeddings
+    # exist with the same settings.
+    emb_done = ws.markers(table)
+    emb_whole = {s for s in shards
+                 if s not in emb_done or emb_done[s]["config_hash"] != emb_fps[s].config_hash}
     todo = sorted(redo | set(emb_plan.todo))
-    retry = [s for s in faces_plan.retry if s not in emb_plan.run]
+    retry = [s for s in faces_plan.retry if s not in emb_whole]
     fused = Plan(run=[s for s in todo if s not in retry], retry=retry,
                  skip=[s for s in shards if s not in todo])
     fps = {s: {"faces": faces_fps[s], table: emb_fps[s]} for s in shards}

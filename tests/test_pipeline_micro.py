@@ -197,3 +197,31 @@ def test_unreadable_media_costs_only_its_own_sample_in_standalone_embed(micro, t
     assert run(out, "embed", "--retry-failed") == 0
     assert keys(table(out, EMB)) == keys(faces)
     assert Workspace(str(out)).read_side_table("errors", EMB, schemas.get("errors")).num_rows == 0
+
+
+def test_fused_retry_redoes_only_the_failed_sample(micro, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(str(__import__("pathlib").Path(micro["manifest"]).parent), data)
+    frame = data / "faces" / "s02" / "s02_pain_1" / "frame_3.png"
+    good = frame.read_bytes()
+    frame.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert run(out, "ingest", manifest=str(data / "manifest.csv")) == 0
+    assert run(out, "embed", "--fused") == 0
+    faces = table(out, "faces").to_pandas()
+    bad = faces[faces["status"] != "ok"]
+    assert list(zip(bad["sample_id"], bad["frame_index"], bad["status"])) == [
+        ("s02_pain_1", 3, "bad_frame")]
+    assert table(out, EMB).num_rows == len(faces) - 1
+    frame.write_bytes(good)
+    assert run(out, "embed", "--fused", "--retry-failed") == 0
+    ws = Workspace(str(out))
+    shard = faces.loc[faces["sample_id"] == "s02_pain_1", "shard_id"].iloc[0]
+    for name in ("faces", EMB):
+        marker = ws.markers(name)[shard]
+        assert (marker["mode"], marker["processed"], marker["rows_in"]) == ("retry", 1, 2)
+    faces = table(out, "faces")
+    assert set(faces.column("status").to_pylist()) == {"ok"}
+    assert keys(table(out, EMB)) == keys(faces)
