@@ -39,9 +39,9 @@ def embed_config(cfg: Config, faces: FacesConfig, bb: Backbone) -> dict:
             "crop": {k: getattr(faces, k) for k in CROP_KEYS}}
 
 
-def faces_config_of_markers(ws: Workspace) -> FacesConfig:
+def faces_config_of_markers(ws: Workspace, markers: dict[str, dict]) -> FacesConfig:
     """The face settings the done faces shards were made with (they must agree)."""
-    seen = {json.dumps(m["config"]["faces"], sort_keys=True) for m in ws.markers("faces").values()}
+    seen = {json.dumps(m["config"]["faces"], sort_keys=True) for m in markers.values()}
     if not seen:
         raise FileNotFoundError(f"no face shards in {ws.root}: run `autt faces` first")
     if len(seen) > 1:
@@ -85,10 +85,11 @@ def _setup(cfg: Config, run_id: str) -> tuple[Workspace, Backbone, str]:
 def run(cfg: Config, run_id: str) -> StageRun:
     """Standalone: embed the crops of the done faces shards, as those shards made them."""
     ws, bb, table = _setup(cfg, run_id)
-    faces_cfg = faces_config_of_markers(ws)  # crops as the faces table made them
+    faces_done = ws.markers("faces")
+    faces_cfg = faces_config_of_markers(ws, faces_done)  # crops as the faces table made them
     conf = embed_config(cfg, faces_cfg, bb)
     fps = {s: {table: Fingerprint(config=conf, inputs={"faces": m["output_digest"]})}
-           for s, m in ws.markers("faces").items()}
+           for s, m in faces_done.items()}
     todo = plan(ws, table, {s: f[table] for s, f in fps.items()}, recompute=cfg.run.recompute,
                 retry_failed=cfg.run.retry_failed, failure_statuses=frozenset({"embed_error"}))
     run_cfg = dataclasses.replace(cfg, faces=faces_cfg)
@@ -103,8 +104,8 @@ def run_fused(cfg: Config, run_id: str) -> list[StageRun]:
     shards = manifest_shards(ws)
     kw = dict(recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed)
     faces_fps = {s: faces_fingerprint(ws, s, cfg.faces) for s in shards}
-    faces_plan = plan(ws, "faces", faces_fps, failure_statuses=FAILED, **kw)
-    faces_done = ws.markers("faces")
+    faces_done, emb_done = ws.markers("faces"), ws.markers(table)
+    faces_plan = plan(ws, "faces", faces_fps, failure_statuses=FAILED, done=faces_done, **kw)
     redo = set(faces_plan.todo)
     conf = embed_config(cfg, cfg.faces, bb)
     # Shards whose faces are (re)made now fingerprint their embeddings on those new faces.
@@ -112,11 +113,10 @@ def run_fused(cfg: Config, run_id: str) -> list[StageRun]:
                                                    faces_done[s]["output_digest"]})
                for s in shards}
     emb_plan = plan(ws, table, emb_fps, failure_statuses=frozenset(), config_only=frozenset(redo),
-                    **kw)
+                    done=emb_done, **kw)
     # A shard runs whole when either table needs it whole (its faces are recomputed
     # identically); a faces retry stays a retry (failed samples only) when its embeddings
     # exist with the same settings.
-    emb_done = ws.markers(table)
     emb_whole = {s for s in shards
                  if s not in emb_done or emb_done[s]["config_hash"] != emb_fps[s].config_hash}
     todo = sorted(redo | set(emb_plan.todo))

@@ -12,7 +12,7 @@ import sys
 import time
 
 from jobs import ingest as ingest_job
-from jobs.runner import ShardFailed, StageRun, ray_session
+from jobs.runner import StageRun, ray_session
 from pipeline import io
 from pipeline.config import Config, to_yaml
 from pipeline.ingest.batches import SampleChanged
@@ -127,4 +127,4 @@ def _print_summary(ws: Workspace, results: list[StageRun], command: str) -> None
             print(f"  {name + '/' + sub:<34} {ws.url(name, sub)}")
 
 
-__all__ = ["main", "defaults", "UserError", "ShardFailed"]
+__all__ = ["main", "defaults", "UserError"]

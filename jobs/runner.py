@@ -19,7 +19,6 @@ from pipeline.config import RunConfig
 from pipeline.shards import Fingerprint, Plan, execute
 from pipeline.workspace import Workspace
 
-log = logging.getLogger("autt")
 WAIT_NOTICE_S = 120  # no shard finished for this long: print what the actors are waiting for
 
 
@@ -49,10 +48,6 @@ class _Worker:
 
     def run(self, root: str, shard_id: str, fps: dict, mode: str, run_id: str) -> dict:
         return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id)
-
-
-class ShardFailed(RuntimeError):
-    """One or more shards raised; their names and messages are in the text."""
 
 
 def ray_session(run: RunConfig):

@@ -92,14 +92,15 @@ class Plan:
 
 def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, recompute: bool,
          retry_failed: bool, failure_statuses: frozenset[str],
-         config_only: frozenset[str] = frozenset()) -> Plan:
+         config_only: frozenset[str] = frozenset(), done: dict[str, dict] | None = None) -> Plan:
     """Decide, for every shard, whether to run, retry or skip it; refuse on changes.
 
     ``config_only``: shards whose inputs are being remade in this same run (their marker is
     compared on config alone; they run). With ``retry_failed``, a shard whose inputs changed
     but whose config did not is redone (its upstream rows were just retried).
+    ``done``: the table's markers when the caller has read them already (one read per table).
     """
-    done = ws.markers(table)
+    done = ws.markers(table) if done is None else done
     result = Plan()
     changes: dict[str, list[str]] = {}
     for shard_id, fp in sorted(fingerprints.items()):

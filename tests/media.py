@@ -25,6 +25,13 @@ def shared_faces_dir() -> Path:
     return (root / "faces") if root else REPO.parent / "shared" / "data" / "faces"
 
 
+def needs_shared_faces():
+    """Skip marker for tests that read ../shared/data/faces (absent in a user's clone)."""
+    import pytest
+
+    return pytest.mark.skipif(not shared_faces_dir().is_dir(), reason="shared test media absent")
+
+
 def write_video(path: Path, n_frames: int = 8, size: int = 64, fps: int = 10,
                 seed: int = 0) -> Path:
     import av

@@ -23,10 +23,10 @@ from pipeline.faces.decode import (
     sample_indices,
     window_positions,
 )
-from tests.media import shared_faces_dir
+from tests.media import needs_shared_faces, shared_faces_dir
 
 FACES = shared_faces_dir()
-needs_shared = pytest.mark.skipif(not FACES.is_dir(), reason="shared test media absent")
+needs_shared = needs_shared_faces()
 
 
 def test_natural_sort_puts_image_105_after_image_5(tmp_path):

@@ -20,10 +20,10 @@ from pipeline.faces.detect import (
     to_source,
 )
 from pipeline.faces.stage import FaceStage
-from tests.media import shared_faces_dir
+from tests.media import needs_shared_faces, shared_faces_dir
 
 FACES = shared_faces_dir()
-needs_shared = pytest.mark.skipif(not FACES.is_dir(), reason="shared test media absent")
+needs_shared = needs_shared_faces()
 CPU = torch.device("cpu")
 
 

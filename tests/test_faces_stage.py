@@ -18,10 +18,10 @@ from pipeline.faces.decode import VideoSource
 from pipeline.faces.stage import OUTPUT_COLUMNS, FaceStage, recrop
 from pipeline.faces.table import faces_table
 from schemas.tables import FACES
-from tests.media import shared_faces_dir
+from tests.media import needs_shared_faces, shared_faces_dir
 
 SHARED = shared_faces_dir()
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared test media absent")
+needs_shared = needs_shared_faces()
 COLUMNS = ["sample_id", "video_id", "subject_id", "path", "media", "start", "end",
            "time_unit", "shard_id"]
 

@@ -8,9 +8,7 @@ fps, width, height, size_bytes) plus ``status``/``error``. Never raises for a ba
 from __future__ import annotations
 
 from pipeline import io
-from pipeline.media import IMAGE_EXTS, is_image, natural_key
-
-IMAGE_EXT = IMAGE_EXTS
+from pipeline.media import is_image, natural_key
 
 
 def list_images(url: str) -> list[str]:
@@ -28,11 +26,11 @@ def probe(path: str | None, media: str, read_header: bool = True) -> dict:
             return {**out, "status": "missing", "error": f"{path} does not exist"}
         folder = io.isdir(path)
         if media == "auto":
-            media = "frames" if folder or path.lower().endswith(IMAGE_EXT) else "video"
+            media = "frames" if folder or is_image(path) else "video"
             out["media"] = media
         if folder:
             return {**out, **_probe_folder(path, read_header)}
-        if media in ("frames", "faces") and not path.lower().endswith(IMAGE_EXT):
+        if media in ("frames", "faces") and not is_image(path):
             return {**out, "status": "unreadable",
                     "error": f"{path} is a file, but media {media!r} needs a folder of images"}
         out["size_bytes"] = io.size(path)
@@ -40,7 +38,7 @@ def probe(path: str | None, media: str, read_header: bool = True) -> dict:
             return {**out, "status": "empty_file", "error": f"{path} is a zero-byte file"}
         if not read_header:
             return out
-        if path.lower().endswith(IMAGE_EXT):
+        if is_image(path):
             return {**out, **_image_header(path), "num_frames": 1}
         return {**out, **_video_header(path)}
     except (OSError, ValueError) as exc:
