@@ -16,16 +16,22 @@ from pipeline.shards import Fingerprint, plan
 from pipeline.workspace import Workspace
 
 
-def faces_fingerprint(ws: Workspace, shard_id: str, faces: FacesConfig) -> Fingerprint:
+def faces_fingerprint(ws: Workspace, shard_id: str, faces: FacesConfig,
+                      manifest_marker: dict) -> Fingerprint:
     return Fingerprint(config=fingerprint_config(faces),
-                       inputs={"manifest": input_digest(ws, shard_id)})
+                       inputs={"manifest": input_digest(ws, shard_id, manifest_marker)})
 
 
-def manifest_shards(ws: Workspace) -> list[str]:
-    shards = sorted(ws.markers("manifest"))
-    if not shards:
+def manifest_markers(ws: Workspace) -> dict[str, dict]:
+    """The done manifest shards' markers (one listing, one batched read)."""
+    markers = ws.markers("manifest")
+    if not markers:
         raise FileNotFoundError(f"no ingested samples in {ws.root}: run `autt ingest` first")
-    return shards
+    return markers
+
+
+def faces_fingerprints(ws: Workspace, faces: FacesConfig) -> dict[str, Fingerprint]:
+    return {s: faces_fingerprint(ws, s, faces, m) for s, m in manifest_markers(ws).items()}
 
 
 def wants_gpu(device: str) -> bool:
@@ -34,7 +40,7 @@ def wants_gpu(device: str) -> bool:
 
 def run(cfg: Config, run_id: str) -> StageRun:
     ws = Workspace(cfg.run.out)
-    fps = {s: {"faces": faces_fingerprint(ws, s, cfg.faces)} for s in manifest_shards(ws)}
+    fps = {s: {"faces": fp} for s, fp in faces_fingerprints(ws, cfg.faces).items()}
     todo = plan(ws, "faces", {s: f["faces"] for s, f in fps.items()},
                 recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,
                 failure_statuses=FAILED)

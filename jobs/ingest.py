@@ -17,7 +17,7 @@ from pipeline import io
 from pipeline.config import Config
 from pipeline.ingest import batches, manifest
 from pipeline.ingest.config import IngestConfig
-from pipeline.ingest.stage import IngestStage, fingerprint_config, input_digest
+from pipeline.ingest.stage import IngestStage, fingerprint_config
 from pipeline.shards import Fingerprint, plan
 from pipeline.workspace import Workspace
 
@@ -88,8 +88,8 @@ def run(cfg: Config, run_id: str, prepared: tuple | None = None) -> StageRun:
     conf = fingerprint_config(cfg.ingest, classes)
 
     def fingerprints() -> dict[str, dict[str, Fingerprint]]:
-        return {s: {"manifest": Fingerprint(config=conf, inputs={"plan": input_digest(ws, s)})}
-                for s in batches.shard_ids(ws)}
+        return {s: {"manifest": Fingerprint(config=conf, inputs={"plan": digest})}
+                for s, digest in batches.shard_digests(ws).items()}
 
     kw = dict(recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,
               failure_statuses=IngestStage.failure_statuses)

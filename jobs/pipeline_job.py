@@ -122,7 +122,7 @@ def _print_summary(ws: Workspace, results: list[StageRun], command: str) -> None
     print("tables:")
     for table in ws.tables():
         print(f"  {table:<34} {ws.url(table)}")
-    for name in ("text_features", "errors", "stats"):
+    for name in ("errors", "stats"):
         for sub in io.listdir(ws.url(name)):
             print(f"  {name + '/' + sub:<34} {ws.url(name, sub)}")
 

@@ -46,8 +46,9 @@ class _Worker:
 
         self.stage = factory(num_threads)
 
-    def run(self, root: str, shard_id: str, fps: dict, mode: str, run_id: str) -> dict:
-        return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id)
+    def run(self, root: str, shard_id: str, fps: dict, mode: str, run_id: str,
+            strict: bool = False) -> dict:
+        return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id, strict=strict)
 
 
 def ray_session(run: RunConfig):
@@ -96,7 +97,8 @@ def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
         worker = _Worker(factory, None)
         for shard in todo:
             try:
-                summary = worker.run(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id)
+                summary = worker.run(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id,
+                                     run.strict)
             except Exception as exc:  # a failed shard must not stop the others
                 result.failed[shard] = f"{type(exc).__name__}: {exc}"
                 _say(run, f"[{name}] shard {shard} FAILED: {exc}")
@@ -131,7 +133,8 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
             while queue and free:
                 shard = queue.pop(0)
                 actor = free.pop()
-                ref = actor.run.remote(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id)
+                ref = actor.run.remote(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id,
+                                       run.strict)
                 pending[ref] = (shard, actor)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_NOTICE_S)
             if not ready:  # say why nothing moves (e.g. actors that cannot be scheduled)

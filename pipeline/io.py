@@ -25,6 +25,12 @@ def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return url_to_fs(url)
 
 
+def invalidate(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Drop ``fs``'s cached listings of ``path``, so the next listing sees what other
+    processes (Ray workers) wrote since: every listing that decides work must be fresh."""
+    fs.invalidate_cache(path)
+
+
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 

@@ -67,6 +67,10 @@ def to_table(columns: Mapping[str, object], schema: pa.Schema) -> pa.Table:
         elif len(arr) != n:
             raise ValueError(f"column {field.name!r} has {len(arr)} rows, expected {n}")
         arrays.append(arr)
+    for field, arr in zip(schema, arrays):
+        if not field.nullable and arr.null_count:
+            raise ValueError(f"column {field.name!r} of the {schema_name(schema)} table is declared "
+                             f"non-null but has {arr.null_count} null value(s)")
     table = pa.Table.from_arrays(arrays, schema=schema)
     table.validate()
     return table
@@ -92,9 +96,11 @@ def write(url: str, table: pa.Table) -> None:
     io.write_bytes_atomic(url, buf.getvalue())
 
 
-def read(url: str, columns: list[str] | None = None) -> pa.Table:
+def read(url: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+    """One Parquet file, optionally projected to ``columns`` and filtered by pyarrow
+    ``filters`` (e.g. ``[("subject_id", "in", [...])]``) while reading."""
     fs, path = io.fs_and_path(url)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    return pq.read_table(path, filesystem=fs, columns=columns, filters=filters)
 
 
 def metadata(url: str) -> dict[str, str]:

@@ -1,13 +1,17 @@
-"""Shards: fixed units of work, fingerprinted, resumable, idempotent.
+"""Units of work (ingest shards, and the units built on them): fingerprinted, resumable,
+idempotent, committed atomically.
 
-In: a stage object (see :class:`ShardStage`), a workspace, shard ids and their
-fingerprints. Out: per shard, Parquet parts of the stage's tables, its error rows, one
-statistics row, and last a done marker carrying the fingerprint.
+In: a stage object (see :class:`ShardStage`), a workspace, unit ids and their fingerprints.
+Out: per unit and output table, one attempt's data part, error rows and statistics row,
+then a done marker that names those files and carries the fingerprint (the commit point).
 
-Rules: a shard whose marker has the same fingerprint is skipped; one whose config or
-inputs changed is refused (``StageChanged`` names what changed) unless ``recompute``; a
-done shard with failed rows is re-run for those samples only when ``retry_failed``. A code
-version change alone is reported and the shard is kept (use ``recompute`` to redo it).
+Rules: a unit whose marker has the same fingerprint is skipped; one whose config or inputs
+changed is refused (``StageChanged`` names what changed) unless ``recompute``; a done unit
+with failed rows is re-run for those samples only when ``retry_failed``, and a unit whose
+inputs changed because upstream rows were retried is redone (incremental stages redo only
+the samples whose input rows changed). A code version change alone is reported and the
+unit is kept (use ``recompute`` to redo it). What to redo is decided only from committed
+state: the markers and the files they name, never files of an unfinished attempt.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pyarrow as pa
 import pipeline
 from pipeline import config as cfgmod
 from pipeline import faults, parquet
-from pipeline.workspace import Workspace
+from pipeline.workspace import Workspace, new_attempt
 from schemas import check
 
 log = logging.getLogger(__name__)
@@ -36,13 +40,25 @@ CODE_VERSION = pipeline.__version__
 
 
 # A stage may return, beside its tables, failed items that have no row in them (e.g. a
-# sample whose media could not be re-read): columns of the errors table, charged to the
-# stage's primary table (its status counts, its errors file, its retries).
+# sample whose media could not be re-read): columns of the errors table, as a list charged
+# to the stage's primary table, or as {table: list} (its status counts, errors, retries).
 ERRORS_KEY = "_errors"
+# A stage may also return, per output table, a digest of each sample's input rows
+# ({table: {sample_id: digest}}); the marker keeps them, so that an incremental rerun
+# redoes exactly the samples whose input rows changed.
+INPUT_SAMPLES_KEY = "_input_samples"
 
 
 class StageChanged(RuntimeError):
-    """Done shards were made with another config or other inputs."""
+    """Done units were made with another config or other inputs."""
+
+
+class StrictAbort(RuntimeError):
+    """--strict: a sample failed; nothing of its unit is committed."""
+
+
+class MixedNumerics(RuntimeError):
+    """A unit would add vectors computed another way (device, precision) to a table."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,9 @@ class Fingerprint:
     config: dict  # the stage's own config section(s), as plain data
     inputs: dict  # input name -> content digest
     code_version: str = CODE_VERSION
+    # How vectors are computed (device, precision) that the table already holds: a unit
+    # computing them otherwise is refused. None: anything goes. Not part of the value.
+    numerics: tuple[str, ...] | None = None
 
     @property
     def config_hash(self) -> str:
@@ -65,39 +84,52 @@ class ShardStage(Protocol):
     """What :func:`execute` needs from a stage (tests call it without Ray)."""
 
     name: str  # stage name in stats and errors, e.g. "faces"
-    outputs: tuple[str, ...]  # tables written; outputs[0] is the one retries look at
+    outputs: tuple[str, ...]  # tables written, committed in this order; outputs[0] is primary
     failure_statuses: frozenset[str]  # statuses that count as failed (go to errors/)
 
     def schema(self, table: str) -> pa.Schema: ...
     def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]: ...
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict | pa.Table]: ...
 
-    # Optional: ``metadata(table) -> dict[str, str]``, extra Parquet metadata for a table.
+    # Optional:
+    # ``metadata(table) -> dict[str, str]``: extra Parquet metadata for a table;
+    # ``redo(ws, shard_id, rows, committed, mode) -> set[str]``: the samples a ``retry`` or
+    #     ``delta`` attempt redoes, from the committed markers (default: the failed samples
+    #     of the primary table's committed errors file);
+    # ``view_digests(table, data) -> dict[str, str]``: digests of views of the output that
+    #     downstream stages fingerprint on (kept in the marker, so planning reads no part);
+    # ``numerics(table) -> str | None``: how the table's vectors were computed.
 
 
 @dataclass
 class Plan:
     run: list[str] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)
+    delta: list[str] = field(default_factory=list)  # inputs changed: redo changed samples
     skip: list[str] = field(default_factory=list)
     stale_code: list[str] = field(default_factory=list)
 
     def mode(self, shard_id: str) -> str:
-        return "retry" if shard_id in self.retry else "full"
+        if shard_id in self.retry:
+            return "retry"
+        return "delta" if shard_id in self.delta else "full"
 
     @property
     def todo(self) -> list[str]:
-        return sorted(self.run + self.retry)
+        return sorted(self.run + self.retry + self.delta)
 
 
 def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, recompute: bool,
          retry_failed: bool, failure_statuses: frozenset[str],
-         config_only: frozenset[str] = frozenset(), done: dict[str, dict] | None = None) -> Plan:
-    """Decide, for every shard, whether to run, retry or skip it; refuse on changes.
+         config_only: frozenset[str] = frozenset(), done: dict[str, dict] | None = None,
+         incremental: bool = False) -> Plan:
+    """Decide, for every unit, whether to run, retry or skip it; refuse on changes.
 
-    ``config_only``: shards whose inputs are being remade in this same run (their marker is
-    compared on config alone; they run). With ``retry_failed``, a shard whose inputs changed
-    but whose config did not is redone (its upstream rows were just retried).
+    ``config_only``: units whose inputs are being remade in this same run (their marker is
+    compared on config alone; they run). With ``retry_failed``, a unit whose inputs changed
+    but whose config did not is redone whole (its upstream rows were just retried). An
+    ``incremental`` stage (a per-sample cache such as the embeddings) always follows its
+    inputs: only the samples whose input rows changed are redone (``delta``).
     ``done``: the table's markers when the caller has read them already (one read per table).
     """
     done = ws.markers(table) if done is None else done
@@ -110,6 +142,9 @@ def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, rec
             continue
         why = describe_change(marker, fp, inputs=shard_id not in config_only)
         config_changed = marker["config_hash"] != fp.config_hash
+        if why and incremental and not config_changed and not recompute:
+            result.delta.append(shard_id)  # a per-sample cache follows its inputs
+            continue
         if why and not recompute and (config_changed or not retry_failed):
             changes[shard_id] = why
             continue
@@ -128,10 +163,11 @@ def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, rec
         shards = sorted(changes)
         shown = ", ".join(shards[:5]) + (f" and {len(shards) - 5} more" if len(shards) > 5 else "")
         raise StageChanged(
-            f"{table}: {len(shards)} done shard(s) ({shown}) were made differently: "
-            + "; ".join(reasons) + ". Rerun with --recompute to redo them, or use another --out.")
+            f"{table}: {len(shards)} done unit(s) ({shown}) were made differently: "
+            + "; ".join(reasons) + ". Rerun with --recompute to redo them (or --retry-failed "
+            "where upstream rows were retried), or use another --out.")
     if result.stale_code:
-        log.warning("%s: %d done shard(s) were made by code version %s (now %s); they are kept. "
+        log.warning("%s: %d done unit(s) were made by code version %s (now %s); they are kept. "
                     "Use --recompute to redo them.", table, len(result.stale_code),
                     done[result.stale_code[0]]["code_version"], CODE_VERSION)
     return result
@@ -151,74 +187,95 @@ def describe_change(marker: dict, fp: Fingerprint, inputs: bool = True) -> list[
 
 
 def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[str, Fingerprint],
-            mode: str, run_id: str) -> dict:
-    """Run one shard end to end and commit it. Returns the summary recorded in its marker.
+            mode: str, run_id: str, strict: bool = False) -> dict:
+    """Run one unit end to end and commit it. Returns the summary recorded in its markers.
 
-    ``fingerprints`` maps each output table to its fingerprint. In ``retry`` mode only the
-    samples with failed rows in the primary table are processed again; the others' rows are
-    kept as they were.
+    ``fingerprints`` maps each output table to its fingerprint. In ``retry`` and ``delta``
+    modes only the samples named by ``redo`` (from committed state) are processed again;
+    the other samples' rows are kept as committed. Every table's files are written under
+    this attempt's names first; the markers come last, in ``stage.outputs`` order.
+    ``strict``: a failed sample aborts the unit (``StrictAbort``) before anything commits.
     """
     where = f"{stage.name}/{shard_id}"
     faults.maybe_fail("shard_start", where)
     started = _dt.datetime.now(_dt.timezone.utc)
+    attempt = new_attempt()
     seconds: dict[str, float] = {}
     t = time.perf_counter()
+    committed = {table: ws.read_marker(table, shard_id) for table in stage.outputs}
+    for table in stage.outputs:
+        ws.remove_orphans(table, shard_id, keep=committed[table])
     rows = stage.load(ws, shard_id)
-    rows_in = len(rows["sample_id"])
+    rows_in = len(rows["sample_id"])  # every stage's input has one
     kept: dict[str, pa.Table] = {}
-    if mode == "retry":
-        rows, kept = _split_for_retry(ws, stage, shard_id, rows)
+    redo: set[str] | None = None
+    if mode in ("retry", "delta"):
+        redo = _redo_set(ws, stage, shard_id, rows, committed, mode)
+        rows, kept = _split(ws, stage, shard_id, rows, committed, redo)
     seconds["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
     produced = stage(rows)
     extra_errors = produced.pop(ERRORS_KEY, None) or []
+    if not isinstance(extra_errors, dict):
+        extra_errors = {stage.outputs[0]: extra_errors}
+    input_samples = produced.pop(INPUT_SAMPLES_KEY, None) or {}
     seconds["process"] = time.perf_counter() - t
+    if strict:
+        _abort_on_failure(stage, produced, extra_errors)
 
     t = time.perf_counter()
     summaries = {}
     produced_digests: dict[str, str] = {}
     for table in stage.outputs:
         schema = stage.schema(table)
-        data = produced[table]
-        if isinstance(data, pa.Table):
-            check(data, schema)  # a stage that builds its own table must match exactly
-            data = data.replace_schema_metadata(schema.metadata)
-        else:
-            data = parquet.to_table(data, schema)
+        data = _as_table(produced[table], schema)
         if table in kept:
             data = pa.concat_tables([kept[table].cast(schema), data])
-            order = _sort_keys(data)
-            data = data.take(order)
+            data = data.take(_sort_keys(data))
         counts = Counter(data.column("status").to_pylist()) if "status" in schema.names else Counter()
-        extra = extra_errors if table == stage.outputs[0] else []
+        extra = extra_errors.get(table, [])
         counts.update(e["status"] for e in extra)
         out_digest = parquet.digest(data)
         produced_digests[table] = out_digest
         fp = resolve(fingerprints[table], produced_digests)
+        numerics = stage.numerics(table) if hasattr(stage, "numerics") else None
+        if fp.numerics is not None and numerics is not None and numerics not in fp.numerics:
+            raise MixedNumerics(
+                f"{table}: unit {shard_id} would compute its vectors as {numerics}, but the table's "
+                f"done units were computed as {', '.join(fp.numerics)}; set "
+                "embed.mixed_numerics=true to allow mixing them, or use --recompute")
         meta = {"schema_version": (schema.metadata or {}).get(b"autt.schema_version", b"?").decode(),
                 "run_id": run_id, "config_hash": fp.config_hash, "code_version": fp.code_version,
-                "shard_id": shard_id, "stage": stage.name,
+                "shard_id": shard_id, "stage": stage.name, "attempt": attempt,
                 **(stage.metadata(table) if hasattr(stage, "metadata") else {})}
-        parquet.write(ws.part_url(table, shard_id), parquet.with_run_metadata(data, **meta))
-        _write_errors(ws, stage, table, shard_id, data, extra, run_id, meta)
-        _write_stats(ws, stage, table, shard_id, rows_in, data, counts, seconds, started, fp, run_id,
-                     meta)
-        summaries[table] = {"rows": data.num_rows, "status_counts": dict(counts),
-                            "output_digest": out_digest, "fp": fp}
+        files = ws.attempt_files(table, shard_id, attempt)
+        parquet.write(ws.url(*files["data"].split("/")), parquet.with_run_metadata(data, **meta))
+        _write_errors(ws, stage, files["errors"], shard_id, data, extra, run_id, meta)
+        _write_stats(ws, stage, files["stats"], shard_id, rows_in, data, counts, seconds, started,
+                     fp, run_id, meta)
+        samples = _merge_samples(committed[table], input_samples.get(table), redo)
+        summaries[table] = {
+            "rows": data.num_rows, "status_counts": dict(counts), "output_digest": out_digest,
+            "files": files, "attempt": attempt, "fp": fp,
+            **({"view_digests": stage.view_digests(table, data)} if hasattr(stage, "view_digests")
+               else {}),
+            **({"numerics": numerics} if numerics is not None else {}),
+            **({"input_samples": samples} if samples is not None else {})}
     seconds["write"] = time.perf_counter() - t
     faults.maybe_fail("before_done", where)
     for table, s in summaries.items():
         fp = s.pop("fp")
-        ws.write_marker(table, shard_id, {
+        ws.commit(table, shard_id, {
             "table": table, "shard_id": shard_id, "stage": stage.name, "mode": mode,
             "fingerprint": fp.value, "config_hash": fp.config_hash, "config": fp.config,
             "inputs": fp.inputs, "code_version": fp.code_version, "run_id": run_id,
             "rows_in": rows_in, "processed": len(rows["sample_id"]), "seconds": seconds,
             "failure_statuses": sorted(stage.failure_statuses),
-            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **s})
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **s},
+            previous=committed[table])
     return {"shard_id": shard_id, "rows_in": rows_in, "processed": len(rows["sample_id"]),
-            "seconds": seconds,
+            "seconds": seconds, "mode": mode,
             "tables": {t: {"rows": s["rows"], "status_counts": s["status_counts"]}
                        for t, s in summaries.items()}}
 
@@ -229,23 +286,76 @@ def resolve(fp: Fingerprint, produced: dict[str, str]) -> Fingerprint:
     if not any(str(v).startswith("@") for v in fp.inputs.values()):
         return fp
     inputs = {k: produced[v[1:]] if str(v).startswith("@") else v for k, v in fp.inputs.items()}
-    return Fingerprint(config=fp.config, inputs=inputs, code_version=fp.code_version)
+    return Fingerprint(config=fp.config, inputs=inputs, code_version=fp.code_version,
+                       numerics=fp.numerics)
 
 
-def _split_for_retry(ws: Workspace, stage: ShardStage, shard_id: str, rows: dict):
-    """Rows of the failed samples (named by the primary table's errors file) to redo, and
-    every table's rows of the other samples to keep."""
+def _as_table(data, schema: pa.Schema) -> pa.Table:
+    """Every output is checked against its declared schema, however the stage built it."""
+    if isinstance(data, pa.Table):
+        data = data.replace_schema_metadata(schema.metadata)
+    else:
+        data = parquet.to_table(data, schema)
+    check(data, schema)
+    return data
+
+
+def _abort_on_failure(stage: ShardStage, produced: dict, extra: dict[str, list[dict]]) -> None:
+    for table in stage.outputs:
+        data = produced[table]
+        cols = data.select([c for c in ("sample_id", "status", "error") if c in data.column_names]
+                           ).to_pydict() if isinstance(data, pa.Table) else data
+        statuses = list(cols.get("status", []))
+        for i, status in enumerate(statuses):
+            if status in stage.failure_statuses:
+                error = cols.get("error", [None] * len(statuses))[i]
+                raise StrictAbort(f"--strict: sample {cols['sample_id'][i]!r} is {status}: {error}")
+        for item in extra.get(table, []):
+            raise StrictAbort(f"--strict: sample {item.get('sample_id')!r} is {item['status']}: "
+                              f"{item.get('error')}")
+
+
+def failed_samples(ws: Workspace, table: str, shard_id: str, marker: dict | None) -> set[str]:
+    """Samples with failed rows in a committed unit's errors file."""
+    if not marker:
+        return set()
+    errs = parquet.read(ws.files(table, shard_id, marker)["errors"], columns=["sample_id"])
+    return set(errs.column("sample_id").to_pylist())
+
+
+def _redo_set(ws, stage, shard_id, rows, committed, mode) -> set[str]:
+    if hasattr(stage, "redo"):
+        return set(stage.redo(ws, shard_id, rows, committed, mode))
     primary = stage.outputs[0]
-    errs = parquet.read(ws.errors_url(primary, shard_id), columns=["sample_id"])
-    failed = sorted(set(errs.column("sample_id").to_pylist()))
-    mask = np.isin(np.asarray(rows["sample_id"], dtype=object), failed)
+    return failed_samples(ws, primary, shard_id, committed[primary])
+
+
+def _split(ws, stage, shard_id, rows: dict, committed: dict, redo: set[str]):
+    """Rows of the samples to redo, and every table's committed rows of the other samples."""
+    mask = np.isin(np.asarray(rows["sample_id"], dtype=object), sorted(redo))
     retry_rows = {k: np.asarray(v)[mask] if len(v) == len(mask) else v for k, v in rows.items()}
     kept = {}
     for table in stage.outputs:
-        t = parquet.read(ws.part_url(table, shard_id)).replace_schema_metadata(None)
-        keep_mask = ~np.isin(np.asarray(t.column("sample_id").to_pylist(), dtype=object), failed)
+        if committed[table] is None:
+            continue
+        t = parquet.read(ws.files(table, shard_id, committed[table])["data"]
+                         ).replace_schema_metadata(None)
+        keep_mask = ~np.isin(np.asarray(t.column("sample_id").to_pylist(), dtype=object),
+                             sorted(redo))
         kept[table] = t.filter(pa.array(keep_mask))
     return retry_rows, kept
+
+
+def _merge_samples(marker: dict | None, new: dict | None, redo: set[str] | None) -> dict | None:
+    """Per-sample input digests after this attempt: the kept samples' committed digests
+    plus the redone samples' new ones."""
+    if new is None:
+        return None
+    if redo is None or not marker or "input_samples" not in marker:
+        return dict(sorted(new.items()))
+    merged = {s: d for s, d in marker["input_samples"].items() if s not in redo}
+    merged.update(new)
+    return dict(sorted(merged.items()))
 
 
 def _sort_keys(table: pa.Table) -> pa.Array:
@@ -255,9 +365,9 @@ def _sort_keys(table: pa.Table) -> pa.Array:
     return pa.compute.sort_indices(table, sort_keys=keys)
 
 
-def _write_errors(ws, stage, table, shard_id, data: pa.Table, extra: list[dict], run_id: str,
+def _write_errors(ws, stage, rel: str, shard_id, data: pa.Table, extra: list[dict], run_id: str,
                   meta: dict) -> None:
-    """The shard's failed rows: rows of ``data`` with a failure status, plus ``extra`` items
+    """The unit's failed rows: rows of ``data`` with a failure status, plus ``extra`` items
     (in a retry, ``data`` holds the kept rows too, so their failures stay recorded)."""
     from schemas import get
 
@@ -276,11 +386,11 @@ def _write_errors(ws, stage, table, shard_id, data: pa.Table, extra: list[dict],
             cols[f.name].append(item.get(f.name))
     total = n + len(extra)
     cols.update(stage=[stage.name] * total, shard_id=[shard_id] * total, run_id=[run_id] * total)
-    parquet.write(ws.errors_url(table, shard_id),
+    parquet.write(ws.url(*rel.split("/")),
                   parquet.with_run_metadata(parquet.to_table(cols, schema), **meta))
 
 
-def _write_stats(ws, stage, table, shard_id, rows_in, data, counts, seconds, started, fp, run_id,
+def _write_stats(ws, stage, rel: str, shard_id, rows_in, data, counts, seconds, started, fp, run_id,
                  meta) -> None:
     from schemas import get
 
@@ -288,5 +398,5 @@ def _write_stats(ws, stage, table, shard_id, rows_in, data, counts, seconds, sta
            "rows_in": [rows_in], "rows_out": [data.num_rows],
            "status_counts": [list(counts.items())], "seconds": [list(seconds.items())],
            "started_at": [started], "host": [socket.gethostname()], "fingerprint": [fp.value]}
-    parquet.write(ws.stats_url(table, shard_id),
+    parquet.write(ws.url(*rel.split("/")),
                   parquet.with_run_metadata(parquet.to_table(row, get("stats")), **meta))

@@ -1,16 +1,21 @@
 """The workspace: one root (``--out``) reused across invocations, a folder per table.
 
 In: a root URL. Out: the paths of every table part, done marker, error and statistics file,
-and readers that return only finished data. Layout::
+and readers that return only committed data. Layout::
 
-    OUT/runs/<run_id>/config.yaml         resolved config of each invocation
-    OUT/<table>/part-<shard>.parquet      data of one shard (table: manifest, faces,
-    OUT/<table>/_done/<shard>.json        embeddings/<backbone id>, ...) and its done marker
-    OUT/manifest/_plan/<batch>.parquet    ingest batches: which sample is in which shard
-    OUT/errors/<table>/part-<shard>.parquet   failed rows of that shard
-    OUT/stats/<table>/part-<shard>.parquet    per-shard statistics
+    OUT/runs/<run_id>/config.yaml                  resolved config of each invocation
+    OUT/<table>/part-<unit>.<attempt>.parquet      data of one unit of work (a shard, a model,
+    OUT/<table>/_done/<unit>.json                  ...) and its done marker (table: manifest,
+                                                   faces, embeddings/<backbone id>, ...)
+    OUT/manifest/_plan/<batch>.parquet             ingest batches: which sample is in which shard
+    OUT/errors/<table>/part-<unit>.<attempt>.parquet   failed rows of that unit
+    OUT/stats/<table>/part-<unit>.<attempt>.parquet    its statistics
 
-A shard's data counts only once its done marker exists; the marker is written last.
+Every attempt at a unit writes files named by the attempt; the done marker, written last
+and atomically, names the files that count. A reader (and every decision about what to do)
+goes through the markers only, so the files of an unfinished attempt are never read and a
+committed attempt's files are never overwritten. Superseded files are removed after the
+marker that replaces them is written.
 """
 
 from __future__ import annotations
@@ -23,10 +28,18 @@ import pyarrow as pa
 
 from pipeline import io, parquet
 
+SIDE = ("errors", "stats")  # side tables written beside every table's data
+
 
 def new_run_id() -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return f"{now}-{secrets.token_hex(3)}"
+
+
+def new_attempt() -> str:
+    """A unique, sortable name for one attempt at a unit of work."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    return f"a{now}{secrets.token_hex(2)}"
 
 
 class Workspace:
@@ -36,70 +49,109 @@ class Workspace:
     def url(self, *parts: str) -> str:
         return io.join(self.root, *parts)
 
-    # ---- table parts and markers
-    def part_url(self, table: str, shard_id: str) -> str:
-        return self.url(table, f"part-{shard_id}.parquet")
+    # ---- where an attempt writes, and where a committed unit's files are
+    def attempt_files(self, table: str, unit: str, attempt: str) -> dict[str, str]:
+        """Names (relative to the root) of the data, errors and stats files of one attempt."""
+        name = f"part-{unit}.{attempt}.parquet"
+        return {"data": f"{table}/{name}", "errors": f"errors/{table}/{name}",
+                "stats": f"stats/{table}/{name}"}
 
-    def marker_url(self, table: str, shard_id: str) -> str:
-        return self.url(table, "_done", f"{shard_id}.json")
+    def files(self, table: str, unit: str, marker: dict | None = None) -> dict[str, str]:
+        """URLs of the committed data, errors and stats files of a done unit."""
+        marker = self.read_marker(table, unit) if marker is None else marker
+        if marker is None:
+            raise FileNotFoundError(f"{table}: unit {unit!r} is not done in {self.root}")
+        return {kind: self.url(*rel.split("/")) for kind, rel in marker["files"].items()}
 
-    def errors_url(self, table: str, shard_id: str) -> str:
-        return self.url("errors", table, f"part-{shard_id}.parquet")
+    def part_url(self, table: str, unit: str) -> str:
+        return self.files(table, unit)["data"]
 
-    def stats_url(self, table: str, shard_id: str) -> str:
-        return self.url("stats", table, f"part-{shard_id}.parquet")
+    def errors_url(self, table: str, unit: str) -> str:
+        return self.files(table, unit)["errors"]
 
-    def read_marker(self, table: str, shard_id: str) -> dict | None:
-        url = self.marker_url(table, shard_id)
-        if not io.exists(url):
+    def stats_url(self, table: str, unit: str) -> str:
+        return self.files(table, unit)["stats"]
+
+    def marker_url(self, table: str, unit: str) -> str:
+        return self.url(table, "_done", f"{unit}.json")
+
+    # ---- markers
+    def read_marker(self, table: str, unit: str) -> dict | None:
+        url = self.marker_url(table, unit)
+        fs, path = io.fs_and_path(url)
+        io.invalidate(fs, path)
+        try:
+            return json.loads(io.read_text(url))
+        except FileNotFoundError:
             return None
-        return json.loads(io.read_text(url))
 
     def markers(self, table: str) -> dict[str, dict]:
-        """Done markers of a table, by shard id."""
-        folder = self.url(table, "_done")
-        fs, path = io.fs_and_path(folder)
+        """Done markers of a table, by unit id: one fresh listing and one batched read."""
+        fs, path = io.fs_and_path(self.url(table, "_done"))
+        io.invalidate(fs, path)
         if not fs.exists(path):
             return {}
-        out = {}
-        for p in sorted(fs.ls(path, detail=False)):
-            name = p.rstrip("/").rsplit("/", 1)[-1]
-            if name.endswith(".json") and not name.startswith(io.TMP_PREFIX):
-                with fs.open(p, "rb") as f:
-                    out[name[: -len(".json")]] = json.loads(f.read().decode())
-        return out
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+        wanted = [f"{path}/{n}" for n in sorted(names)
+                  if n.endswith(".json") and not n.startswith(io.TMP_PREFIX)]
+        if not wanted:
+            return {}
+        data = fs.cat(wanted)  # concurrent on object stores
+        if isinstance(data, bytes):  # fsspec returns bytes, not a dict, for one path
+            data = {wanted[0]: data}
+        return {p.rsplit("/", 1)[-1][: -len(".json")]: json.loads(data[p].decode())
+                for p in wanted}
 
-    def write_marker(self, table: str, shard_id: str, marker: dict) -> None:
-        io.write_text_atomic(self.marker_url(table, shard_id), json.dumps(marker, indent=1))
+    def commit(self, table: str, unit: str, marker: dict, previous: dict | None) -> None:
+        """Write the done marker (the commit point), then remove the files of the attempt
+        it replaces."""
+        io.write_text_atomic(self.marker_url(table, unit), json.dumps(marker, indent=1))
+        if previous and previous.get("files") and previous["files"] != marker["files"]:
+            for rel in previous["files"].values():
+                io.remove(self.url(*rel.split("/")))
+
+    def remove_orphans(self, table: str, unit: str, keep: dict | None) -> None:
+        """Remove files of earlier attempts at ``unit`` that no marker names (an attempt
+        that died before its commit)."""
+        named = set((keep or {}).get("files", {}).values())
+        for folder in (table, f"errors/{table}", f"stats/{table}"):
+            fs, path = io.fs_and_path(self.url(*folder.split("/")))
+            io.invalidate(fs, path)
+            for p in fs.glob(f"{path}/part-{unit}.*.parquet"):
+                if f"{folder}/{p.rsplit('/', 1)[-1]}" not in named:
+                    fs.rm(p)
 
     def tables(self) -> list[str]:
-        """Every table folder holding done markers (nested ones like embeddings/<id> too)."""
-        fs, path = io.fs_and_path(self.root)
-        if not fs.exists(path):
-            return []
+        """Every table folder holding done markers (one level of nesting, like
+        embeddings/<id>), found with a few listings, not a walk over every part."""
         found = []
-        for p in fs.find(path, withdirs=True, maxdepth=4):
-            if p.rstrip("/").endswith("/_done"):
-                rel = p.rstrip("/")[len(path.rstrip("/")) + 1 : -len("/_done")]
-                if not rel.startswith(("errors", "stats")):
-                    found.append(rel)
+        for name in io.listdir(self.root):
+            if name in SIDE or name == "runs":
+                continue
+            if io.exists(self.url(name, "_done")):
+                found.append(name)
+                continue
+            found += [f"{name}/{sub}" for sub in io.listdir(self.url(name))
+                      if io.exists(self.url(name, sub, "_done"))]
         return sorted(found)
 
-    # ---- readers (finished shards only)
+    # ---- readers (committed units only)
     def read_table(self, table: str, schema: pa.Schema | None = None,
-                   columns: list[str] | None = None, shards: list[str] | None = None) -> pa.Table:
-        """All done parts of ``table`` concatenated (optionally only some shards)."""
+                   columns: list[str] | None = None, shards: list[str] | None = None,
+                   filters=None) -> pa.Table:
+        """All committed parts of ``table`` concatenated (optionally only some units, some
+        columns, rows matching pyarrow ``filters``)."""
         done = self.markers(table)
         ids = sorted(done) if shards is None else [s for s in shards if s in done]
-        parts = [parquet.read(self.part_url(table, s), columns=columns) for s in ids]
+        parts = [parquet.read(self.files(table, s, done[s])["data"], columns=columns,
+                              filters=filters) for s in ids]
         return _concat(parts, schema, columns)
 
     def read_side_table(self, kind: str, table: str, schema: pa.Schema) -> pa.Table:
-        """The errors or stats rows of the done shards of ``table``."""
+        """The errors or stats rows of the committed units of ``table``."""
         done = self.markers(table)
-        urls = [self.errors_url(table, s) if kind == "errors" else self.stats_url(table, s)
-                for s in sorted(done)]
-        return _concat([parquet.read(u) for u in urls if io.exists(u)], schema, None)
+        urls = [self.files(table, s, m)[kind] for s, m in sorted(done.items())]
+        return _concat([parquet.read(u) for u in urls], schema, None)
 
 
 def _concat(parts: list[pa.Table], schema: pa.Schema | None, columns: list[str] | None) -> pa.Table:

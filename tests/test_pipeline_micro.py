@@ -86,7 +86,7 @@ def test_changed_config_refuses_and_recompute_redoes(micro, tmp_path, capsys):
     capsys.readouterr()
     assert run(out, "faces", "faces.margin=0.5") == 2
     err = capsys.readouterr().err
-    assert "faces: 3 done shard(s)" in err and "faces.margin: 0.2 -> 0.5" in err
+    assert "faces: 3 done unit(s)" in err and "faces.margin: 0.2 -> 0.5" in err
     assert run(out, "embed", "--fused", "embed.dtype=float32") == 2
     assert "embed.dtype: 'float16' -> 'float32'" in capsys.readouterr().err
     assert run(out, "embed", "--fused", "embed.dtype=float32", "--recompute") == 0

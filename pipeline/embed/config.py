@@ -27,6 +27,7 @@ class EmbedConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     precision: Literal["amp_fp16", "amp_bf16", "fp32"] = "amp_fp16"  # GPU autocast; CPU is fp32
     cache_dir: str | None = None  # where pretrained tags are looked up (None = library default)
+    mixed_numerics: bool = False  # allow one table to mix vectors computed on cpu/fp32 and cuda/amp
 
     def __post_init__(self) -> None:
         if not self.model.strip():

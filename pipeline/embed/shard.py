@@ -10,6 +10,7 @@ for the fused pass also the FACES rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -28,7 +29,7 @@ from pipeline.faces.shard import (
 from pipeline.faces.shard import WITH_FACE, columns, faces_metadata, manifest_input, unpng
 from pipeline.faces.stage import FaceStage
 from pipeline.faces.table import faces_table
-from pipeline.shards import ERRORS_KEY
+from pipeline.shards import ERRORS_KEY, INPUT_SAMPLES_KEY, failed_samples
 from pipeline.workspace import Workspace
 from schemas import embeddings_schema, get
 
@@ -44,16 +45,61 @@ def table_name(backbone_id: str) -> str:
     return f"embeddings/{backbone_id}"
 
 
-def faces_input(ws: Workspace, shard_id: str) -> pa.Table:
-    t = parquet.read(ws.part_url("faces", shard_id))
+# The faces columns an embedding depends on: a sample whose rows differ here is re-embedded.
+DIGEST_COLUMNS = ("frame_index", "source_frame", "timestamp", "box", "landmarks", "status")
+
+
+def faces_input(ws: Workspace, shard_id: str, marker: dict | None = None) -> pa.Table:
+    """The committed faces rows of a shard that have a face (ok or filled)."""
+    t = parquet.read(ws.files("faces", shard_id, marker)["data"])
+    return with_face(t)
+
+
+def with_face(t: pa.Table) -> pa.Table:
     return t.filter(pa.compute.is_in(t.column("status"), pa.array(WITH_FACE))
                     ).replace_schema_metadata(None)
 
 
-def embedding_rows(faces: dict[str, np.ndarray], vectors: np.ndarray) -> dict[str, object]:
+def sample_digests(faces: pa.Table) -> dict[str, str]:
+    """Per sample, a digest of its face rows' DIGEST_COLUMNS (rows with a face only), from
+    the values alone, so that a table as produced and as read back give the same digests."""
+    faces = with_face(faces)
+    values = {c: faces.column(c).to_pylist() for c in ("sample_id", *DIGEST_COLUMNS)}
+    rows: dict[str, list] = {}
+    for i, sample in enumerate(values["sample_id"]):
+        rows.setdefault(str(sample), []).append([_plain(values[c][i]) for c in DIGEST_COLUMNS])
+    return {s: hashlib.sha256(json.dumps(r).encode()).hexdigest()[:16] for s, r in rows.items()}
+
+
+def _plain(value):
+    """JSON-able, type-independent form of a cell (float32 lists rounded the same way)."""
+    if isinstance(value, list):
+        return [None if v is None else float(np.float32(v)) for v in value]
+    if isinstance(value, float):
+        return float(np.float64(value))
+    return value
+
+
+def embedding_rows(faces: dict[str, np.ndarray], vectors: np.ndarray
+                   ) -> tuple[dict[str, object], list[dict]]:
+    """Embedding rows, and an ``embed_error`` item per sample with a non-finite vector
+    (all of that sample's rows are withheld: a NaN or inf is never stored)."""
+    bad = ~np.isfinite(vectors).all(axis=1) if len(vectors) else np.zeros(0, bool)
+    errors: list[dict] = []
+    if bad.any():
+        bad_samples = sorted(set(np.asarray(faces["sample_id"])[bad].tolist()))
+        for sample in bad_samples:
+            i = int(np.flatnonzero(np.asarray(faces["sample_id"]) == sample)[0])
+            n = int((np.asarray(faces["sample_id"])[bad] == sample).sum())
+            errors.append({"sample_id": sample, "video_id": faces["video_id"][i],
+                           "subject_id": faces["subject_id"][i], "status": "embed_error",
+                           "error": f"{n} frame(s) gave a non-finite embedding (NaN or inf)"})
+        keep = ~np.isin(np.asarray(faces["sample_id"], dtype=object), bad_samples)
+        faces = {k: np.asarray(v)[keep] for k, v in faces.items()}
+        vectors = vectors[keep]
     rows: dict[str, object] = {k: faces[k] for k in KEY_COLUMNS}
     rows["embedding"] = vectors
-    return rows
+    return rows, errors
 
 
 class _EmbedBase:
@@ -67,6 +113,14 @@ class _EmbedBase:
 
     def schema(self, table: str) -> pa.Schema:
         return self._schema if table == self.table else get(table)
+
+    def numerics(self, table: str) -> str | None:
+        """How the vectors are computed here: device and effective precision."""
+        if table != self.table:
+            return None
+        bb = self.embedder.backbone
+        precision = bb.precision if bb.device.type == "cuda" else "fp32"
+        return f"{bb.device.type}/{precision}"
 
     def metadata(self, table: str) -> dict[str, str]:
         """Which backbone, weights and preprocessing made the vectors (embeddings only)."""
@@ -91,7 +145,18 @@ class EmbedShard(_EmbedBase):
         cols = columns(faces)
         cols["_path"] = man.loc[cols["sample_id"], "path"].to_numpy(dtype=object)
         cols["_media"] = man.loc[cols["sample_id"], "media"].to_numpy(dtype=object)
+        digests = sample_digests(faces)
+        cols["_digest"] = np.array([digests[s] for s in cols["sample_id"]], dtype=object)
         return cols
+
+    def redo(self, ws: Workspace, shard_id: str, rows: dict, committed: dict, mode: str) -> set[str]:
+        """Samples whose committed face rows differ from those their vectors were made from
+        (or that have none yet), plus, in a retry, those that failed to embed."""
+        marker = committed[self.table]
+        made_from = (marker or {}).get("input_samples", {})
+        now = dict(zip(rows["sample_id"].tolist(), rows["_digest"].tolist()))
+        stale = {s for s, d in now.items() if made_from.get(s) != d} | (set(made_from) - set(now))
+        return stale | failed_samples(ws, self.table, shard_id, marker)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
         """Crops per sample (stored PNGs, else re-decoded and cropped from the stored boxes),
@@ -112,7 +177,10 @@ class EmbedShard(_EmbedBase):
                 parts.append(self._embed(rows, pending))
                 pending, held = [], 0
         parts.append(self._embed(rows, pending))
-        return {self.table: _concat(parts), ERRORS_KEY: errors}
+        digests = dict(zip(rows["sample_id"].tolist(), rows["_digest"].tolist()))
+        return {self.table: _concat([p for p, _ in parts]),
+                ERRORS_KEY: errors + [e for _, es in parts for e in es],
+                INPUT_SAMPLES_KEY: {self.table: digests}}
 
     def _crops(self, rows: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
         stored = rows["crop"][idx]
@@ -148,15 +216,31 @@ class FusedShard(_EmbedBase):
     def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]:
         return columns(manifest_input(ws, shard_id))
 
+    def redo(self, ws: Workspace, shard_id: str, rows: dict, committed: dict, mode: str) -> set[str]:
+        """Failed face samples (committed faces errors), plus samples whose embeddings are
+        missing, stale against the committed faces, or failed: their faces are recomputed
+        (identically) so that their crops are at hand."""
+        redo = failed_samples(ws, "faces", shard_id, committed["faces"])
+        emb = committed[self.table]
+        if committed["faces"] is not None:
+            now = sample_digests(faces_input(ws, shard_id, committed["faces"]))
+            made_from = (emb or {}).get("input_samples", {})
+            redo |= {s for s, d in now.items() if made_from.get(s) != d}
+        return redo | failed_samples(ws, self.table, shard_id, emb)
+
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
-        face_parts, emb_parts = [], []
+        face_parts, emb_parts, errors = [], [], []
         for idx in frame_groups(rows["num_frames"]):
             out = self.faces({k: v[idx] for k, v in rows.items()})
             keep = np.isin(out["status"], WITH_FACE)
             vectors = self.embedder.embed(out["crop_pixels"][keep])
-            emb_parts.append(embedding_rows({k: out[k][keep] for k in KEY_COLUMNS}, vectors))
+            emb, errs = embedding_rows({k: out[k][keep] for k in KEY_COLUMNS}, vectors)
+            emb_parts.append(emb)
+            errors += errs
             face_parts.append(faces_table(out, self.faces_cfg.store_crops))
-        return {"faces": pa.concat_tables(face_parts), self.table: _concat(emb_parts)}
+        faces = pa.concat_tables(face_parts)
+        return {"faces": faces, self.table: _concat(emb_parts), ERRORS_KEY: {self.table: errors},
+                INPUT_SAMPLES_KEY: {self.table: sample_digests(faces)}}
 
 
 def frame_groups(num_frames: np.ndarray, budget: int = GROUP_FRAMES) -> list[np.ndarray]:

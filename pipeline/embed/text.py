@@ -12,10 +12,18 @@ that CLIP-AUTT's plain text path can repeat the very same arithmetic.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from pipeline.embed.backbone import Backbone
 from pipeline.embed.prompts import PromptConfig, prompt_rows
+from schemas import text_features_schema
+
+TEXT_UNIT = "prompts"  # the text features table of a backbone is one unit of work
+
+
+def text_table(backbone_id: str) -> str:
+    return f"text_features/{backbone_id}"
 
 
 @torch.inference_mode()
@@ -50,3 +58,31 @@ def encode_text_features(
         "prompt": np.array(prompts, dtype=object),
         "feature": features,
     }
+
+
+class TextFeaturesStage:
+    """The one-unit stage behind OUT/text_features/<backbone id>/ (run on the driver, which
+    holds the backbone already)."""
+
+    name = "text_features"
+    failure_statuses: frozenset[str] = frozenset()
+
+    def __init__(self, backbone: Backbone, prompt_cfg: PromptConfig, classes: list[str]):
+        self.backbone, self.prompt_cfg, self.classes = backbone, prompt_cfg, list(classes)
+        self.outputs = (text_table(backbone.backbone_id),)
+
+    def schema(self, table: str) -> pa.Schema:
+        return text_features_schema(self.backbone.embed_dim)
+
+    def metadata(self, table: str) -> dict[str, str]:
+        import json
+
+        bb = self.backbone
+        return {"backbone_id": bb.backbone_id, "weights_digest": bb.weights_digest,
+                "classes": json.dumps(self.classes)}
+
+    def load(self, ws, unit: str) -> dict[str, np.ndarray]:
+        return {"sample_id": np.zeros(0, dtype=object)}  # nothing is read: prompts come from config
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
+        return {self.outputs[0]: encode_text_features(self.backbone, self.prompt_cfg, self.classes)}

@@ -18,6 +18,7 @@ from pipeline.config import to_dict
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.stage import FaceStage
 from pipeline.faces.table import faces_table
+from pipeline.ingest.stage import MEDIA_COLUMNS, media_view
 from pipeline.workspace import Workspace
 from schemas import get
 
@@ -27,19 +28,19 @@ CROP_KEYS = ("crop_size", "margin", "align", "aspect")
 # Face settings that change neither rows nor crops (speed and memory only): not fingerprinted.
 RUNTIME_KEYS = ("chunk_frames", "cache_mb", "detect_batch", "device")
 WITH_FACE = ("ok", "filled")
-# The manifest columns a face shard depends on: a role or label change must not redo faces.
-INPUT_COLUMNS = ["sample_id", "video_id", "subject_id", "path", "media", "start", "end",
-                 "time_unit", "num_frames", "shard_id", "status"]
 
 
-def manifest_input(ws: Workspace, shard_id: str) -> pa.Table:
+def manifest_input(ws: Workspace, shard_id: str, marker: dict | None = None) -> pa.Table:
     """The shard's ok manifest rows, restricted to the columns the face stage reads."""
-    t = parquet.read(ws.part_url("manifest", shard_id), columns=INPUT_COLUMNS)
-    return t.filter(pa.compute.equal(t.column("status"), "ok")).replace_schema_metadata(None)
+    return media_view(parquet.read(ws.files("manifest", shard_id, marker)["data"],
+                                   columns=MEDIA_COLUMNS))
 
 
-def input_digest(ws: Workspace, shard_id: str) -> str:
-    return parquet.digest(manifest_input(ws, shard_id))
+def input_digest(ws: Workspace, shard_id: str, marker: dict) -> str:
+    """The digest of the manifest rows a face shard reads: from the manifest marker (no
+    part is read), or computed for a marker written before markers carried it."""
+    known = marker.get("view_digests", {}).get("media")
+    return known if known is not None else parquet.digest(manifest_input(ws, shard_id, marker))
 
 
 def columns(table: pa.Table) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
+import pyarrow as pa
 
 from pipeline import io, parquet
 from pipeline.ingest.manifest import INPUT_COLUMNS
@@ -100,6 +101,23 @@ def _rewrite(ws: Workspace, plans: pd.DataFrame, updates: pd.DataFrame, classes,
     plans = plans.reset_index()
     for batch in sorted(plans.loc[plans["sample_id"].isin(updates.index), "batch"].unique()):
         _write_plan(ws, int(batch), plans[plans["batch"] == batch], classes, run_id)
+
+
+def shard_digests(ws: Workspace) -> dict[str, str]:
+    """Per shard, the digest of its planned rows: each batch plan is read once (not once
+    per shard), so planning costs one small read per batch."""
+    folder = ws.url(*PLAN_DIR)
+    out: dict[str, str] = {}
+    for name in io.listdir(folder):
+        if name.endswith(".parquet"):
+            df = parquet.read(io.join(folder, name)).to_pandas()
+            for shard_id, rows in df.groupby("shard_id", sort=True):
+                out[str(shard_id)] = rows_digest(rows.reset_index(drop=True))
+    return out
+
+
+def rows_digest(rows: pd.DataFrame) -> str:
+    return parquet.digest(pa.Table.from_pandas(rows, preserve_index=False))
 
 
 def shard_rows(ws: Workspace, shard_id: str) -> pd.DataFrame:

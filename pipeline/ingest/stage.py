@@ -18,17 +18,22 @@ from pipeline.workspace import Workspace
 from schemas import get
 
 FAILED = frozenset({"missing", "empty_file", "unreadable", "bad_row", "unparsed"})
+# The manifest columns that say what a sample's media is (not its label or role): the face
+# stage depends on these alone, so a relabelled sample does not redo its faces.
+MEDIA_COLUMNS = ["sample_id", "video_id", "subject_id", "path", "media", "start", "end",
+                 "time_unit", "num_frames", "shard_id", "status"]
+
+
+def media_view(table: pa.Table) -> pa.Table:
+    """The ok rows of a manifest part, restricted to MEDIA_COLUMNS."""
+    t = table.select(MEDIA_COLUMNS)
+    return t.filter(pa.compute.equal(t.column("status"), "ok")).replace_schema_metadata(None)
 PROBE_COLUMNS = ("media", "num_frames", "fps", "width", "height", "size_bytes", "status", "error")
 
 
 def fingerprint_config(cfg: IngestConfig, classes: tuple[str, ...]) -> dict:
     """The settings that change what an ingest shard writes (paths and sizes do not)."""
     return {"classes": list(classes), "probe": cfg.probe, "media": cfg.media}
-
-
-def input_digest(ws: Workspace, shard_id: str) -> str:
-    rows = batches.shard_rows(ws, shard_id)
-    return parquet.digest(pa.Table.from_pandas(rows, preserve_index=False))
 
 
 class SampleFault(RuntimeError):
@@ -49,6 +54,11 @@ class IngestStage:
 
     def schema(self, table: str) -> pa.Schema:
         return get("manifest")
+
+    def view_digests(self, table: str, data: pa.Table) -> dict[str, str]:
+        """The digest the face stage fingerprints on, kept in the marker so that planning
+        downstream reads no manifest part."""
+        return {"media": parquet.digest(media_view(data))}
 
     def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]:
         df = batches.shard_rows(ws, shard_id)
