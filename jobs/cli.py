@@ -74,8 +74,8 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("status", help="per stage: shards and samples done, missing, failed")
     p.add_argument("--out", required=True)
-    p = sub.add_parser("bench", help="benchmarks: faces | embed | memory")
-    p.add_argument("which", choices=["faces", "embed", "memory"])
+    p = sub.add_parser("bench", help="benchmarks: faces | embed | memory | plan")
+    p.add_argument("which", choices=["faces", "embed", "memory", "plan"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return ap
 

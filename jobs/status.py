@@ -14,7 +14,7 @@ from pipeline.workspace import Workspace
 
 def summarise(root: str) -> list[dict]:
     ws = Workspace(root)
-    planned = batches.shard_ids(ws)
+    planned = sorted(batches.shard_digests(ws))  # plan footers only
     rows = []
     for table in ["manifest"] + [t for t in ws.tables() if t != "manifest"]:
         markers = ws.markers(table)
