@@ -51,7 +51,7 @@ def gather_clips(sequences: Sequence[np.ndarray], indices: np.ndarray) -> np.nda
 class ClipBank:
     """All sequences concatenated once, so that each epoch's clips are one gather."""
 
-    def __init__(self, sequences: Sequence[np.ndarray]) -> None:
+    def __init__(self, sequences: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -> None:
         if not len(sequences):
             raise ValueError("no sequences to build clips from")
         dims = {seq.shape[1] if seq.ndim == 2 else None for seq in sequences}
@@ -59,7 +59,7 @@ class ClipBank:
             raise ValueError(f"sequences must all be [n_i, d] with one d, got widths {sorted(map(str, dims))}")
         self.lengths = np.array([len(seq) for seq in sequences], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-        self.frames = np.concatenate(list(sequences), axis=0)
+        self.frames = np.concatenate(list(sequences), axis=0, dtype=dtype)  # dtype None: theirs
 
     def clips(self, rows: np.ndarray, clip_len: int, stride: int,
               rng: np.random.Generator | None = None) -> np.ndarray:
