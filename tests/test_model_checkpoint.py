@@ -251,3 +251,14 @@ def test_pickle_sniffing_does_not_mistake_a_safetensors_header_length() -> None:
     buffer = bytes_io.BytesIO()
     torch.save({"x": torch.zeros(2)}, buffer)
     assert _pickled(buffer.getvalue())
+
+
+def test_au_bank_from_the_prompt_config() -> None:
+    from pipeline.embed.prompts import PromptConfig
+
+    default = AUBank.from_prompt_config(PromptConfig())
+    assert len(default.prompts) == 47 and default.template == "a human face with {phrase}."
+    assert default.prompts[0] == "a human face with inner eyebrows raised." and default.codes[0] == "AU1"
+    reference = AUBank.from_prompt_config(PromptConfig(bank="reference"))
+    assert reference == AUBank.reference()
+    assert len(reference.prompts) == 46 and reference.prompts[-1] == "nostrils_compressedtongue_show"

@@ -31,7 +31,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from pipeline import io
-from pipeline.embed.prompts import REFERENCE_BANK, PromptConfig, au_bank, au_prompts
+from pipeline.embed import prompts
 from pipeline.model.head import CLIPAUHead, HeadConfig, config_from_reference, from_reference_names
 
 FORMAT = "clip-autt/clip-au-head"
@@ -58,17 +58,18 @@ class AUBank:
     prompts: tuple[str, ...]  # the exact texts whose features the head was trained on
 
     @classmethod
-    def from_prompt_config(cls, cfg: PromptConfig) -> AUBank:
-        bank = au_bank(cfg)
+    def from_prompt_config(cls, cfg: prompts.PromptConfig) -> AUBank:
+        bank = prompts.au_bank(cfg)
         return cls(name=cfg.bank, phrases=tuple(p for p, _ in bank), codes=tuple(c for _, c in bank),
                    template=None if cfg.bank == "reference" else cfg.template,
-                   prompts=tuple(au_prompts(cfg)))
+                   prompts=tuple(prompts.au_prompts(cfg)))
 
     @classmethod
     def reference(cls) -> AUBank:
         """The public code's 46-phrase bank, encoded as the bare phrases (no template)."""
-        phrases = tuple(p for p, _ in REFERENCE_BANK)
-        return cls("reference", phrases, tuple(c for _, c in REFERENCE_BANK), None, phrases)
+        bank = prompts.REFERENCE_BANK
+        phrases = tuple(p for p, _ in bank)
+        return cls("reference", phrases, tuple(c for _, c in bank), None, phrases)
 
 
 @dataclass(frozen=True)
@@ -280,10 +281,10 @@ def _read_reference(ckpt_path: str) -> tuple[dict[str, torch.Tensor], bytes]:
 
 
 def import_reference(ckpt_path: str, classes: Sequence[str], *, out_dir: str, backbone_id: str,
-                     weights_digest: str | None = None, au: AUBank | None = None) -> CheckpointInfo:
+                     weights_digest: str | None = None, au_bank: AUBank | None = None) -> CheckpointInfo:
     """Convert a reference-format checkpoint into ``out_dir``; returns the saved info.
 
-    ``au`` defaults to the reference bank (46 bare phrases), the one reference heads are
+    ``au_bank`` defaults to the reference bank (46 bare phrases), the one reference heads are
     trained on; ``weights_digest`` None records "unknown".
     """
     flat, blob = _read_reference(ckpt_path)
@@ -292,7 +293,7 @@ def import_reference(ckpt_path: str, classes: Sequence[str], *, out_dir: str, ba
         cfg = config_from_reference(state)
     except ValueError as err:
         raise CheckpointError(f"{ckpt_path}: {err}") from err
-    au = au or AUBank.reference()
+    au = au_bank or AUBank.reference()
     if cfg.n_aus != len(au.prompts) or cfg.n_classes != len(classes):
         raise CheckpointError(f"{ckpt_path}: the classifier takes {cfg.n_aus} AUs and gives {cfg.n_classes} "
                               f"classes, but the AU bank {au.name!r} has {len(au.prompts)} prompts and the "

@@ -176,7 +176,7 @@ def train_head(sequences: Sequence[np.ndarray], labels: Sequence[int] | np.ndarr
                           temporal=cfg.temporal, adapter_hidden=cfg.adapter_hidden,
                           classifier_hidden=cfg.classifier_hidden)
     device = torch.device(cfg.device)
-    bank = ClipBank([sequences[i] for i in range(len(sequences))], dtype=np.float32)
+    bank = ClipBank(list(sequences), dtype=np.float32)
     text = torch.from_numpy(au_text).to(device)
     val_clips = torch.from_numpy(bank.clips(val_rows, cfg.clip_len, cfg.stride)).to(device)
     val_y = labels[val_rows]
