@@ -4,6 +4,8 @@ Status vocabularies (column ``status``):
 - manifest: ok | missing | empty_file | unreadable | bad_row | unparsed
 - faces: ok | filled | no_face | decode_error | bad_frame
 - errors: any non-ok status of any stage
+- models: ok | failed
+- predictions: ok | insufficient_faces | failed
 """
 
 from __future__ import annotations
@@ -82,11 +84,73 @@ STATS = _table("stats", 1, [
     pa.field("fingerprint", pa.string(), nullable=False),
 ])
 
+# The fixed vocabulary of methods in the predictions tables.
+METHODS = ("clip-au", "zero-shot", "pn-prompts", "au-probe", "clip-autt", "clip-autt-reference",
+           "clip-au+windows", "tta-cap-frozen", "tpt")
+# Statuses of a prediction row.
+PREDICTION_STATUSES = ("ok", "insufficient_faces", "failed")
+
+# One row per CLIP-AU model (a fold and a seed), written by its training unit.
+MODELS = _table("models", 1, [
+    pa.field("model_id", pa.string(), nullable=False),
+    pa.field("backbone_id", pa.string(), nullable=False),
+    pa.field("weights_digest", pa.string()),
+    pa.field("split", pa.string(), nullable=False),          # fixed | kfold | loso
+    pa.field("fold", pa.int16(), nullable=False),
+    pa.field("seed", pa.int32(), nullable=False),
+    pa.field("classes", pa.list_(pa.string()), nullable=False),
+    pa.field("source_subjects", pa.list_(pa.string()), nullable=False),
+    pa.field("val_subjects", pa.list_(pa.string())),
+    pa.field("target_subjects", pa.list_(pa.string()), nullable=False),
+    pa.field("n_train", pa.int32()),
+    pa.field("n_val", pa.int32()),
+    pa.field("best_epoch", pa.int16()),
+    pa.field("val_f1", pa.float64()),
+    pa.field("val_acc", pa.float64()),
+    pa.field("train_seconds", pa.float64()),
+    *STATUS,
+])
+
+# One row per (sample, model, method, fold, seed, step): class probabilities of a target
+# sample's evaluation clip. step null = the final prediction. Labels are never copied here:
+# reports join them from the manifest.
+PREDICTIONS = _table("predictions", 1, [
+    *KEYS,
+    pa.field("unit_id", pa.string(), nullable=False),        # the unit of work that wrote it
+    pa.field("model_id", pa.string()),                       # null for methods without a model
+    pa.field("method", pa.string(), nullable=False),         # one of METHODS
+    pa.field("fold", pa.int16()),
+    pa.field("seed", pa.int32()),                            # null for deterministic methods
+    pa.field("step", pa.int16()),                            # adaptation step; null = final
+    pa.field("backbone_id", pa.string(), nullable=False),
+    pa.field("probs", pa.list_(pa.float32())),               # softmax, in class-list order
+    pa.field("pred", pa.int16()),                            # argmax class index
+    pa.field("pred_label", pa.string()),
+    pa.field("au_scores", pa.list_(pa.float32())),           # the clip's AU scores (5 x cosine)
+    pa.field("window_start", pa.int16()),                    # selected window, where windows apply
+    pa.field("n_face_frames", pa.int32()),                   # face frames in the cached sequence
+    *STATUS,
+])
+
+# One row per (sample, model, clip position): per-frame AU activations of the evaluation clip.
+AU_ACTIVATIONS = _table("au_activations", 1, [
+    *KEYS,
+    pa.field("unit_id", pa.string(), nullable=False),
+    pa.field("model_id", pa.string()),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("clip_pos", pa.int16(), nullable=False),        # 0..T-1 within the clip
+    pa.field("frame_index", pa.int32(), nullable=False),     # the faces table's frame index
+    pa.field("activations", pa.list_(pa.float32()), nullable=False),  # K values, 5 x cosine
+])
+
 TABLES: dict[str, pa.Schema] = {
     "manifest": MANIFEST,
     "faces": FACES,
     "errors": ERRORS,
     "stats": STATS,
+    "models": MODELS,
+    "predictions": PREDICTIONS,
+    "au_activations": AU_ACTIVATIONS,
 }
 
 EMBEDDINGS_VERSION = 1
