@@ -73,6 +73,15 @@ def test_ingest_writes_conforming_manifest_with_roles_and_labels(dataset, tmp_pa
             schemas.check(parquet.read(ws.stats_url(table, shard)), schemas.get("stats"))
             schemas.check(parquet.read(ws.errors_url(table, shard)), schemas.get("errors"))
     assert list(out.joinpath("runs").iterdir())[0].joinpath("config.yaml").exists()
+    # The batch plans are Parquet files too: the same run metadata as the shards' parts.
+    part = parquet.metadata(ws.part_url("manifest", "b0000-s0000"))
+    plans = sorted((out / "manifest" / "_plan").glob("*.parquet"))
+    assert [p.name for p in plans] == ["b0000.parquet"]
+    plan = parquet.metadata(str(plans[0]))
+    for key in ("autt.schema_version", "autt.run_id", "autt.config_hash", "autt.code_version"):
+        assert plan[key] == part[key], key
+    assert (plan["autt.batch"], plan["autt.classes"]) == ("b0000", "neutral,pain")
+    schemas.check(parquet.read(str(plans[0])), schemas.get("manifest"))
 
 
 @pytest.mark.parametrize("mutate, message", [
