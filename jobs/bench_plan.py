@@ -49,7 +49,8 @@ def build(root: str, samples: int, shard_size: int, batches: int, cfg) -> None:
             "end": [None] * n, "time_unit": ["s"] * n, "batch": [b] * n,
             "shard_id": [f"b{b:04d}-s{i // shard_size:04d}" for i in range(n)],
             "status": ["ok"] * n, "error": [None] * n})
-        batchmod._write_plan(ws, b, df, classes, "bench")  # as `autt ingest` writes it
+        # as `autt ingest` writes it
+        batchmod._write_plan(ws, b, df, classes, {"run_id": "bench", "config_hash": "bench"})
         df = parquet.read(ws.url("manifest", "_plan", f"b{b:04d}.parquet")).to_pandas()
         for shard, rows in df.groupby("shard_id"):
             digest = batchmod.rows_digest(rows.reset_index(drop=True))
@@ -107,7 +108,7 @@ def measure(root: str, cfg) -> list[tuple[str, float, str]]:
     rows_in = batchmod.read_plans(ws)[list(INPUT_COLUMNS)]  # the same manifest, read again
     counts = timed("ingest: compare the manifest with the plans",
                    lambda: batchmod.assign(ws, rows_in, ("neutral", "pain"), 100, recompute=False,
-                                           run_id="bench"))
+                                           run_id="bench", config_hash="bench"))
     rows[-1] = (*rows[-1][:2], f"{counts['known']} known, {counts['new']} new")
     digests = timed("ingest: shard digests (one read per batch plan)",
                     lambda: batchmod.shard_digests(ws))

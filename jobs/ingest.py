@@ -14,7 +14,7 @@ import pandas as pd
 
 from jobs.runner import StageRun, run_shards
 from pipeline import io
-from pipeline.config import Config
+from pipeline.config import Config, config_hash
 from pipeline.ingest import batches, manifest
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.stage import IngestStage, fingerprint_config
@@ -96,7 +96,7 @@ def run(cfg: Config, run_id: str, prepared: tuple | None = None) -> StageRun:
     # Refuse a changed class list or probe setting before anything is written.
     plan(ws, "manifest", {s: f["manifest"] for s, f in fingerprints().items()}, **kw)
     counts = batches.assign(ws, rows, classes, cfg.ingest.shard_size,
-                            recompute=cfg.run.recompute, run_id=run_id)
+                            recompute=cfg.run.recompute, run_id=run_id, config_hash=config_hash(conf))
     if tuple(classes) != _stored_classes(ws):
         io.write_text_atomic(ws.url(*CLASSES_FILE), json.dumps(list(classes)))
     fps = fingerprints()

@@ -7,8 +7,10 @@ facenet-pytorch, which import it) can be imported.
 Why: torchvision's PyPI wheel is a CUDA build; next to a CPU-only torch its ``_C.so``
 fails to load and ``import torchvision`` dies registering fake kernels for ``nms``.
 Where the real ops load (a matching CUDA machine) this module does nothing. It must run
-in every process that imports torchvision, Ray workers included, so ``pipeline/__init__``
-calls it.
+in every process that imports torchvision, Ray workers included, before the first such
+import: the modules that import torchvision, open_clip or facenet-pytorch
+(``embed/backbone``, ``faces/detect``) call it right before, and so does the test suite's
+``conftest``. Importing this module imports torch, so nothing light imports it.
 """
 
 from __future__ import annotations

@@ -1,37 +1,45 @@
-"""Typed configuration: frozen dataclasses loaded from YAML plus ``key=value`` overrides.
+"""The run's typed configuration: every section assembled into one frozen :class:`Config`.
 
 In: an optional YAML file (a path, URL, or the name of a shipped config in
 ``pipeline/configs/``) and a list of ``section.field=value`` overrides. Out: a frozen
 :class:`Config`. Unknown keys and bad values raise :class:`ConfigError` naming the key and
-the value before any work starts. ``config_hash`` gives a stable hash of one section, the
-part of a shard's fingerprint that says "same settings".
+the value before any work starts.
+
+Each stage owns its section in a light module of its own (``ingest.config``,
+``faces.config``, ``embed.config``, ``embed.prompts``, ``demo.config``); this module only
+assembles them, with the run's and the protocol's sections. The primitives (building,
+``to_dict``, ``config_hash``, ``diff``) live in ``config_core`` and are re-exported here.
+Nothing imported here loads torch, PIL or a media decoder.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
 
 from pipeline import io
-from pipeline.demo.synth import DemoConfig
+from pipeline.config_core import (
+    ConfigError,
+    apply_overrides,
+    build,
+    config_hash,
+    diff,
+    to_dict,
+    to_yaml,
+)
+from pipeline.demo.config import DemoConfig
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.prompts import PromptConfig
 from pipeline.faces.config import FacesConfig
 from pipeline.ingest.config import IngestConfig
 
+__all__ = ["SHIPPED", "Config", "ConfigError", "ProtocolConfig", "RunConfig", "build",
+           "config_hash", "diff", "load_config", "resolve_config_path", "to_dict", "to_yaml"]
+
 SHIPPED = os.path.join(os.path.dirname(__file__), "configs")
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid."""
 
 
 @dataclass(frozen=True)
@@ -93,117 +101,6 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-
-# ---------------------------------------------------------------- building from dicts
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {inner}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        item = args[0] if args else Any
-        if len(args) == 2 and args[1] is Ellipsis or len(args) == 1:
-            return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key} must have {len(args)} items, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        return build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return str(value)  # YAML reads subject ids like 2ea4 fine, but 0815 as int
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise ConfigError(f"{key}: unsupported config type {tp!r}")
-
-
-def build(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]!s}; known keys here: {names}")
-    kwargs = {}
-    for name in names:
-        if name in data:
-            key = f"{prefix}.{name}" if prefix else name
-            kwargs[name] = _coerce(data[name], hints[name], key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc)) from exc
-
-
-def _field_index() -> dict[str, list[str]]:
-    """Bare field name -> the dotted keys that end in it (for 'root=...' shorthands)."""
-    index: dict[str, list[str]] = {}
-    for section in dataclasses.fields(Config):
-        for f in dataclasses.fields(typing.get_type_hints(Config)[section.name]):
-            index.setdefault(f.name, []).append(f"{section.name}.{f.name}")
-    return index
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if "." not in key:
-        candidates = _field_index().get(key, [])
-        if len(candidates) != 1:
-            hint = f"did you mean one of {candidates}" if candidates else "no section has it"
-            raise ConfigError(f"override key {key!r} needs a section ({hint})")
-        key = candidates[0]
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
-    return key.split("."), value
-
-
 def resolve_config_path(name: str) -> str:
     """A shipped config name (e.g. 'biovid') or a path/URL to a YAML file."""
     shipped = os.path.join(SHIPPED, f"{name}.yaml")
@@ -218,6 +115,8 @@ def resolve_config_path(name: str) -> str:
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The shipped config ``path`` names (or the YAML file at it; None: the defaults), with
+    ``overrides`` applied on top."""
     data: dict[str, Any] = {}
     if path:
         url = resolve_config_path(path)
@@ -227,44 +126,4 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"config file {url!r} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {url!r} must hold a mapping, got {type(data).__name__}")
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {k} is not a section")
-        node[keys[-1]] = value
-    return build(Config, data)
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain JSON/YAML-able dict of a config (tuples become lists)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (tuple, list)):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def config_hash(section: Any) -> str:
-    """Stable 16-hex hash of one config section (or any JSON-able value)."""
-    payload = json.dumps(to_dict(section), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two config dicts: 'faces.min_prob: 0.9 -> 0.95'."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(diff(a, b, f"{name}."))
-        elif a != b:
-            out.append(f"{name}: {a!r} -> {b!r}")
-    return out
+    return build(Config, apply_overrides(data, overrides, Config))

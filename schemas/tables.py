@@ -1,7 +1,7 @@
 """The table definitions. Bump a table's version whenever its columns change.
 
 Status vocabularies (column ``status``):
-- manifest: ok | missing | empty_file | unreadable | bad_row | unparsed
+- manifest: ok | missing | empty_file | unreadable | bad_row | unparsed | empty_window
 - faces: ok | filled | no_face | decode_error | bad_frame
 - errors: any non-ok status of any stage
 - models: ok | failed

@@ -12,8 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-import pipeline  # noqa: E402,F401  (torchvision fix before anything imports it)
+from pipeline._torchvision_compat import ensure_torchvision_ops  # noqa: E402
 from tests.media import shared_data_dir, write_video  # noqa: E402
+
+ensure_torchvision_ops()  # tests import torchvision / facenet-pytorch directly too
 
 
 @pytest.fixture(scope="session")

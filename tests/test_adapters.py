@@ -109,9 +109,11 @@ def test_biovid_frames_window_as_positions(tmp_path, jpeg):
     assert r["label"] == "pain"
     assert (r["start"], r["end"]) == (4.0, 78.0)  # 2040 ms .. 5000 ms inclusive: 75 frames
     assert Path(r["path"]) == tmp_path / S1 / f"{S1}-PA4-003"
-    errors = unparsed(df)
-    assert has(errors, f"{S1}-BL1-004/frame_01.jpg", "does not match")
-    assert has(errors, f"{S1}-BL1-005", "no frame between 2040 and 5000 ms")
+    assert unparsed(df) == [f"{S1}/{S1}-BL1-004/frame_01.jpg: frame file name does not match "
+                            r"image(\d+)\.(?:jpe?g|png)"]
+    short = rows[f"{S1}-BL1-005"]  # frames at 0 and 40 ms only: the sample's row, not an abort
+    assert (short["status"], short["label"], short["media"]) == ("empty_window", "neutral", "frames")
+    assert f"{S1}-BL1-005: no frame between 2040 and 5000 ms" in short["error"]
     faces = by_id(scan("biovid", str(tmp_path), window=(0.0, 1.0), folder_media="faces"))
     assert (faces[f"{S1}-PA4-003"]["start"], faces[f"{S1}-PA4-003"]["end"]) == (0.0, 2.0)
     assert faces[f"{S1}-BL1-005"]["media"] == "faces" and faces[f"{S1}-BL1-005"]["end"] == 1.0
@@ -293,8 +295,12 @@ def test_bah_faces(tmp_path, jpeg):
     assert {rows[s]["media"] for s in got} == {"faces"}
     assert rows[f"{A}-seg1-c000"]["path"] == str(tmp_path / "faces" / A)
     errors = unparsed(df)
-    assert has(errors, "seg.csv line 3", "no face frame numbered 40..44")
     assert has(errors, "segment 1", B, "does not exist") and has(errors, "leftovers/")
+    empty = rows[f"{A}-seg2-c000"]  # no face in 40..44: that chunk's row, the others go on
+    assert (empty["status"], empty["label"], empty["subject_id"]) == ("empty_window", "neutral",
+                                                                      "82711")
+    assert "seg.csv line 3" in empty["error"] and "no face frame numbered 40..44" in empty["error"]
+    assert str(tmp_path / "faces" / A) in empty["error"]
 
 
 # ---- pattern ---------------------------------------------------------------------------
@@ -345,3 +351,103 @@ def test_pattern_frames_and_validation(tmp_path, jpeg, clip):
             scan("pattern", str(tmp_path), pattern=pattern)
     with pytest.raises(ValueError, match="pattern.media"):
         scan("pattern", str(tmp_path), pattern="{subject}.mp4", media="audio")
+
+
+# ---- per-sample problems are rows, never an aborted scan -------------------------------
+
+def ms_frames(jpeg: bytes, folder: Path, last_ms: int) -> None:
+    frames(jpeg, folder, [f"image{m}.jpg" for m in range(0, last_ms + 1, 40)])
+
+
+def test_biovid_one_frame_window_is_legal_and_a_short_sample_is_a_row(tmp_path, jpeg):
+    ms_frames(jpeg, tmp_path / S1 / f"{S1}-BL1-001", 5480)  # a whole 5.5 s sample
+    ms_frames(jpeg, tmp_path / S1 / f"{S1}-PA4-002", 2040)  # ends on the window's first frame
+    ms_frames(jpeg, tmp_path / S1 / f"{S1}-PA4-003", 2000)  # ends before the window
+    ms_frames(jpeg, tmp_path / S2 / f"{S2}-BL1-001", 3000)  # shorter, but reaches into it
+    rows = by_id(df := scan("biovid", str(tmp_path)))
+    assert {s: (r["status"], r["start"], r["end"]) for s, r in rows.items()
+            if r["status"] == "ok"} == {f"{S1}-BL1-001": ("ok", 51.0, 125.0),
+                                        f"{S1}-PA4-002": ("ok", 51.0, 51.0),
+                                        f"{S2}-BL1-001": ("ok", 51.0, 75.0)}
+    short = rows[f"{S1}-PA4-003"]
+    assert (short["status"], short["subject_id"], short["label"]) == ("empty_window", S1, "pain")
+    assert short["error"] == (f"{S1}/{S1}-PA4-003: no frame between 2040 and 5000 ms (its 51 "
+                              "frame(s) lie at 0..2000 ms)")
+    # The manifest step once refused the one-frame window ('start 51.0 >= end 51.0') and
+    # stopped the dataset; now every sample is a row and only the short one failed.
+    from pipeline.ingest import manifest
+
+    out, _ = manifest.normalise(df, classes=("neutral", "pain"), split=None)
+    status = dict(zip(out["sample_id"], out["status"], strict=True))
+    assert status == {f"{S1}-BL1-001": "ok", f"{S1}-PA4-002": "ok", f"{S1}-PA4-003": "empty_window",
+                      f"{S2}-BL1-001": "ok"}
+    one = out[out["sample_id"] == f"{S1}-PA4-002"].iloc[0]
+    assert (one["start"], one["end"], one["error"]) == (51.0, 51.0, None)
+
+
+def test_bah_one_face_chunk_is_legal(tmp_path, jpeg):
+    frames(jpeg, tmp_path / "faces" / A, ["00003.jpg", "00020.jpg", "00021.jpg"])
+    (tmp_path / "seg.csv").write_text("video,segment_id,label,num_frames,start_frame,end_frame\n"
+                                      f"{A},1,1,30,0,29\n")
+    rows = by_id(scan("bah", str(tmp_path), faces_root="faces", chunk_frames=10))
+    assert {s: (r["status"], r["start"], r["end"]) for s, r in rows.items()
+            if r["status"] == "ok"} == {
+        f"{A}-seg1-c000": ("ok", 0.0, 0.0),  # one face frame: start == end, inclusive
+        f"{A}-seg1-c002": ("ok", 1.0, 2.0)}
+    assert rows[f"{A}-seg1-c001"]["status"] == "empty_window"  # 10..19: no face
+
+
+@pytest.fixture
+def unlistable(monkeypatch):
+    """Folders whose name is in the returned set cannot be listed (PermissionError), as on a
+    share with broken permissions (root ignores chmod, so the listing itself is patched)."""
+    from pipeline.ingest.adapters import _common
+
+    names: set[str] = set()
+    real = _common.list_entries
+
+    def listing(url: str):
+        if Path(url).name in names:
+            raise PermissionError(13, "Permission denied", url)
+        return real(url)
+
+    monkeypatch.setattr(_common, "list_entries", listing)
+    return names
+
+
+def test_unlistable_folders_are_rows_and_the_rest_goes_on(tmp_path, clip, jpeg, unlistable):
+    ms_frames(jpeg, tmp_path / "bv" / S1 / f"{S1}-BL1-001", 5480)
+    ms_frames(jpeg, tmp_path / "bv" / S1 / f"{S1}-PA4-001", 5480)
+    put(clip, tmp_path / "bv", f"{S2}/{S2}-BL1-001.mp4", f"{S3}/{S3}-BL1-001.mp4")
+    unlistable.update({f"{S1}-PA4-001", S2})
+    rows = by_id(scan("biovid", str(tmp_path / "bv")))
+    assert {s: r["status"] for s, r in rows.items()} == {
+        f"{S1}-BL1-001": "ok", f"{S1}-PA4-001": "unreadable", f"unreadable:{S2}/": "unreadable",
+        f"{S3}-BL1-001": "ok"}
+    assert rows[f"{S1}-PA4-001"]["label"] == "pain"
+    assert rows[f"{S1}-PA4-001"]["error"].startswith(
+        f"{S1}/{S1}-PA4-001/: cannot list folder: PermissionError")
+    assert rows[f"unreadable:{S2}/"]["error"].startswith(f"{S2}/: cannot list folder")
+
+    frames(jpeg, tmp_path / "sid" / "2ea4" / "2ea4_Math", ["image_1.jpg"])
+    frames(jpeg, tmp_path / "sid" / "2ea4" / "2ea4_Relax", ["image_1.jpg"])
+    unlistable.add("2ea4_Relax")
+    rows = by_id(scan("stressid", str(tmp_path / "sid"), unlabelled=True))
+    assert {s: r["status"] for s, r in rows.items()} == {"2ea4_Math": "ok",
+                                                          "2ea4_Relax": "unreadable"}
+
+    put(clip, tmp_path / "pt", "s1/a/x.mp4", "s2/a/y.mp4")
+    unlistable.add("s1")
+    rows = by_id(scan("pattern", str(tmp_path / "pt"), pattern="{subject}/{label}/{v}.mp4"))
+    assert {s: r["status"] for s, r in rows.items()} == {"s2/a/y": "ok",
+                                                          "unreadable:s1/": "unreadable"}
+
+    put(clip, tmp_path / "bah" / "Videos", f"82711/Visite_1/{A}.mp4", f"82687/Visite_1/{B}.mp4")
+    (tmp_path / "bah" / "seg.csv").write_text(
+        "video,segment_id,label,num_frames,start_frame,end_frame\n"
+        f"{A},1,1,10,0,9\n{B},1,0,10,0,9\n")
+    unlistable.add("82687")
+    rows = by_id(scan("bah", str(tmp_path / "bah")))
+    assert rows[f"{A}-seg1-c000"]["status"] == "ok"
+    assert rows["unreadable:82687/"]["status"] == "unreadable"
+    assert "does not exist" in rows[f"unparsed:{B}-seg1"]["error"]  # its video was not found

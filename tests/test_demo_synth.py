@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Importing any pipeline module runs pipeline/__init__, which installs the torchvision fix
-# that facenet-pytorch (imported lazily below) needs.
+# facenet-pytorch (imported lazily below) needs the torchvision fix: tests/conftest.py
+# installs it before any test module is imported.
 from pipeline.demo.face import ACTIONS, EYE_L, au_displacement
 from pipeline.demo.micro import make_micro
 from pipeline.demo.render import window_frames

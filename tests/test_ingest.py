@@ -73,6 +73,15 @@ def test_ingest_writes_conforming_manifest_with_roles_and_labels(dataset, tmp_pa
             schemas.check(parquet.read(ws.stats_url(table, shard)), schemas.get("stats"))
             schemas.check(parquet.read(ws.errors_url(table, shard)), schemas.get("errors"))
     assert list(out.joinpath("runs").iterdir())[0].joinpath("config.yaml").exists()
+    # The batch plans are Parquet files too: the same run metadata as the shards' parts.
+    part = parquet.metadata(ws.part_url("manifest", "b0000-s0000"))
+    plans = sorted((out / "manifest" / "_plan").glob("*.parquet"))
+    assert [p.name for p in plans] == ["b0000.parquet"]
+    plan = parquet.metadata(str(plans[0]))
+    for key in ("autt.schema_version", "autt.run_id", "autt.config_hash", "autt.code_version"):
+        assert plan[key] == part[key], key
+    assert (plan["autt.batch"], plan["autt.classes"]) == ("b0000", "neutral,pain")
+    schemas.check(parquet.read(str(plans[0])), schemas.get("manifest"))
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -140,6 +149,52 @@ def test_per_sample_faults_become_rows_and_the_rest_goes_on(dataset, tmp_path, c
     err = capsys.readouterr().err
     assert "aborted (--strict): SampleFault: --strict: sample 's0_neutral' is missing" in err
     assert Workspace(str(tmp_path / "strict")).markers("manifest") == {}  # its shard was first
+
+
+def test_bad_windows_and_cells_are_rows_and_one_frame_windows_are_legal(dataset, tmp_path,
+                                                                        capsys):
+    folder = "s3_pain"  # 3 frames: positions 0..2
+    spans = {  # sample_id: (start, end, time_unit, media), then the expected status
+        "one": ("2", "2", "frame", "", "ok"),  # the last frame alone: start == end
+        "one_s": ("0.5", "0.5", "s", "", "ok"),  # inclusive in seconds too
+        "past": ("1", "10", "frame", "", "ok"),  # runs past the end: keeps frames 1..2
+        "after": ("5", "9", "frame", "", "empty_window"),  # starts after the last frame
+        "reversed": ("2", "1", "frame", "", "bad_row"),
+        "nan": ("abc", "2", "frame", "", "bad_row"),
+        "unit": ("0", "1", "minutes", "", "bad_row"),
+        "media": ("", "", "frame", "audio", "bad_row"),
+    }
+    man = pd.DataFrame([dict(sample_id=sid, video_id=folder, subject_id="s3", label="pain",
+                             path=folder, start=a, end=b, time_unit=u, media=m)
+                        for sid, (a, b, u, m, _) in spans.items()])
+    man.loc[len(man)] = dict(sample_id="nobody", video_id=folder, subject_id="", label="pain",
+                             path=folder, start="", end="", time_unit="", media="")
+    spans["nobody"] = ("bad_row",)
+    man.to_csv(dataset / "spans.csv", index=False)
+    out = tmp_path / "out"
+    assert ingest(dataset, out, manifest="spans.csv") == 0
+    df = manifest_rows(out).set_index("sample_id")
+    assert dict(df["status"]) == {sid: v[-1] for sid, v in spans.items()}
+    assert (df.loc["one", "start"], df.loc["one", "end"], df.loc["one", "num_frames"]) == (2, 2, 3)
+    where = str(dataset / folder)
+    assert df.loc["after", "error"] == (f"{where}: frame window 5..9 starts after the last frame "
+                                        "(the sample has 3 frame(s), positions 0..2)")
+    assert df.loc["reversed", "error"] == f"{where}: start 2 is after end 1 frame"
+    assert df.loc["nan", "error"] == f"{where}: start 'abc' is not a number"
+    assert df.loc["unit", "error"] == f"{where}: time_unit must be 's' or 'frame', got 'minutes'"
+    assert df.loc["nobody", "error"] == f"{where}: subject_id is empty"
+    assert "media must be one of ['video', 'frames', 'faces'], got 'audio'" in df.loc["media",
+                                                                                   "error"]
+    errors = Workspace(str(out)).read_side_table("errors", "manifest", schemas.get("errors"))
+    assert sorted(errors.column("sample_id").to_pylist()) == ["after", "media", "nan", "nobody",
+                                                              "reversed", "unit"]
+    capsys.readouterr()  # --strict: a bad cell aborts before any work, naming the sample
+    assert ingest(dataset, tmp_path / "strict", "--strict", manifest="spans.csv") == 2
+    assert "--strict: sample 'media' is bad_row" in capsys.readouterr().err
+    assert not (tmp_path / "strict" / "manifest").exists()
+    man[man["sample_id"].isin(["one", "after"])].to_csv(dataset / "spans.csv", index=False)
+    assert ingest(dataset, tmp_path / "strict", "--strict", manifest="spans.csv") == 2
+    assert "--strict: sample 'after' is empty_window: " in capsys.readouterr().err
 
 
 def test_rerun_does_no_work_and_changed_config_refuses(dataset, tmp_path, capsys):
@@ -254,6 +309,28 @@ def test_dataset_adapter_ingest_adds_only_a_new_subject(tmp_path, tiny_video, ca
     assert "ingest: 1 shard(s) done" in capsys.readouterr().out
     df = manifest_rows(out)
     assert set(df.loc[df["batch"] == 1, "sample_id"]) == {"100909_w_65-PA4-004"}
+
+
+def test_biovid_frame_folders_short_samples_are_rows_and_strict_names_them(tmp_path, capsys):
+    root = tmp_path / "biovid"
+    png = (write_frames(tmp_path / "one", n=1, size=8) / "frame_0.png").read_bytes()
+    for name, last_ms in (("071309_w_21-BL1-001", 5480), ("071309_w_21-PA4-002", 2040),
+                          ("071309_w_21-PA4-003", 1000)):
+        (root / "071309_w_21" / name).mkdir(parents=True)
+        for ms in range(0, last_ms + 1, 40):  # BioVid names frames by milliseconds
+            (root / "071309_w_21" / name / f"image{ms}.png").write_bytes(png)
+    out = tmp_path / "out"
+    args = ["ingest", "--config", "biovid", "--root", str(root), "--executor", "local",
+            "--quiet", "ingest.probe=false"]
+    assert cli([*args, "--out", str(out)]) == 0
+    df = manifest_rows(out).set_index("sample_id")
+    assert dict(df["status"]) == {"071309_w_21-BL1-001": "ok", "071309_w_21-PA4-002": "ok",
+                                  "071309_w_21-PA4-003": "empty_window"}
+    assert (df.loc["071309_w_21-PA4-002", "start"], df.loc["071309_w_21-PA4-002", "end"]) == (51, 51)
+    capsys.readouterr()
+    assert cli([*args, "--out", str(tmp_path / "strict"), "--strict"]) == 2
+    assert ("--strict: sample '071309_w_21-PA4-003' is empty_window: 071309_w_21/071309_w_21-PA4-003: "
+            "no frame between 2040 and 5000 ms") in capsys.readouterr().err
 
 
 def test_changed_class_order_refuses_before_writing_and_recompute_reindexes(dataset, tmp_path,

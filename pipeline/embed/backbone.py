@@ -22,12 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-import open_clip
 import torch
-from open_clip import constants as oc
 
-from pipeline import io
-from pipeline.embed.config import EmbedConfig
+from pipeline._torchvision_compat import ensure_torchvision_ops
+
+ensure_torchvision_ops()  # open_clip imports torchvision: fix it first, in every process
+
+import open_clip  # noqa: E402
+from open_clip import constants as oc  # noqa: E402
+
+from pipeline import io  # noqa: E402
+from pipeline.embed.config import EmbedConfig  # noqa: E402
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # open_clip's own file names, most preferred first, for folders holding several files.

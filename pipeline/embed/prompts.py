@@ -14,9 +14,10 @@ tower's context would be truncated silently by the tokenizer, so it is an error 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from pipeline.embed import tokens
 
 DEFAULT_CONTEXT_LENGTH = 77  # CLIP's text context; load time re-checks the real tower's
 
@@ -83,17 +84,13 @@ REFERENCE_BANK = _reference_bank()
 BANKS = {"default": AU_BANK, "reference": REFERENCE_BANK}
 
 
-@functools.lru_cache(maxsize=1)
-def _clip_tokenizer() -> Any:
-    from open_clip import SimpleTokenizer
-
-    return SimpleTokenizer()
-
-
 def count_tokens(text: str, tokenizer: Any = None) -> int:
-    """Tokens of ``text`` including start and end markers (CLIP's BPE unless given)."""
-    tok = tokenizer if hasattr(tokenizer, "encode") else _clip_tokenizer()
-    return len(tok.encode(text)) + 2
+    """Tokens of ``text`` including start and end markers: with ``tokenizer``'s ``encode``
+    when given (the loaded tower's), else CLIP's BPE counted without torch, so that a
+    ``PromptConfig`` validates while a config loads."""
+    if hasattr(tokenizer, "encode"):
+        return len(tokenizer.encode(text)) + tokens.MARKERS
+    return tokens.count_tokens(text)
 
 
 @dataclass(frozen=True)

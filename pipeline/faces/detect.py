@@ -14,9 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from facenet_pytorch import MTCNN
 
-from pipeline.faces.config import FacesConfig
+from pipeline._torchvision_compat import ensure_torchvision_ops
+
+ensure_torchvision_ops()  # facenet-pytorch imports torchvision: fix it first, in every process
+
+from facenet_pytorch import MTCNN  # noqa: E402
+
+from pipeline.faces.config import FacesConfig  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ under ``OUT/manifest/_plan/``: every sample is assigned once, to batch ``bNNNN``
 ``bNNNN-sKKKK`` (``shard_size`` samples in sample_id order). Re-ingesting the same samples
 assigns nothing; new samples form a new batch, so existing shards never change membership.
 A sample whose row changed (label, path, role, ...) is refused, naming it, unless
-``recompute`` (then its row is updated in place and its shard is redone).
+``recompute`` (then its row is updated in place and its shard is redone). Each plan file
+carries the run metadata every Parquet file carries (schema version, run id, config hash,
+code version), plus its batch and the class list.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import pandas as pd
 import pyarrow as pa
 
+import pipeline
 from pipeline import io, parquet
 from pipeline.ingest.manifest import INPUT_COLUMNS
 from pipeline.workspace import Workspace
@@ -41,8 +44,12 @@ def read_plans(ws: Workspace) -> pd.DataFrame:
 
 
 def assign(ws: Workspace, rows: pd.DataFrame, classes: tuple[str, ...], shard_size: int, *,
-           recompute: bool, run_id: str) -> dict:
-    """Record new samples as a new batch; return counts {new, known, changed, absent}."""
+           recompute: bool, run_id: str, config_hash: str) -> dict:
+    """Record new samples as a new batch; return counts {new, known, changed, absent}.
+
+    ``config_hash``: the ingest stage's (``config.config_hash`` of its fingerprint config),
+    recorded in the plan files' metadata like in the shards' files."""
+    meta = {"run_id": run_id, "config_hash": config_hash}
     plans = read_plans(ws)
     known = plans.set_index("sample_id") if len(plans) else None
     known_ids = set(plans["sample_id"].tolist())
@@ -56,13 +63,13 @@ def assign(ws: Workspace, rows: pd.DataFrame, classes: tuple[str, ...], shard_si
                             f"{' ...' if len(ids) > 5 else ''}). Rerun with --recompute to update "
                             "them, or give them new sample_ids.")
     if changed:
-        _rewrite(ws, plans, rows.set_index("sample_id").loc[sorted(changed)], classes, run_id)
+        _rewrite(ws, plans, rows.set_index("sample_id").loc[sorted(changed)], classes, meta)
     new = rows[~is_known].sort_values("sample_id")
     if len(new):
         batch = int(plans["batch"].max()) + 1 if len(plans) else 0
         new = new.assign(batch=batch, shard_id=[f"b{batch:04d}-s{i // shard_size:04d}"
                                                 for i in range(len(new))])
-        _write_plan(ws, batch, new, classes, run_id)
+        _write_plan(ws, batch, new, classes, meta)
     given = set(rows["sample_id"].tolist())
     absent = sum(s not in given for s in known_ids)
     if absent:
@@ -89,26 +96,29 @@ def _changed(rows: pd.DataFrame, known: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def _write_plan(ws: Workspace, batch: int, df: pd.DataFrame, classes, run_id: str) -> None:
+def _write_plan(ws: Workspace, batch: int, df: pd.DataFrame, classes, meta: dict) -> None:
+    """Write batch ``batch``'s plan; ``meta`` holds its run id and config hash. The shards'
+    input digests (as the ingest stage will load them) go in the footer too, so that
+    planning never re-reads the rows."""
     idx = {c: i for i, c in enumerate(classes)}
     df = df.assign(label_index=[idx.get(v) if v is not None else None for v in df["label"]])
     cols = {c: df[c].tolist() for c in (*INPUT_COLUMNS, "label_index", "batch", "shard_id")}
-    table = parquet.to_table(cols, get("manifest"))
-    # The shards' input digests, as the ingest stage will load them (read back from the
-    # plan), kept in the footer so that planning never re-reads the rows.
-    digests = _digests(table.to_pandas())
-    parquet.write(ws.url(*PLAN_DIR, f"b{batch:04d}.parquet"),
-                  parquet.with_run_metadata(table, run_id=run_id, classes=",".join(classes),
-                                            shard_digests=json.dumps(digests)))
+    schema = get("manifest")
+    table = parquet.to_table(cols, schema)
+    name = f"b{batch:04d}"
+    parquet.write(ws.url(*PLAN_DIR, f"{name}.parquet"), parquet.with_run_metadata(
+        table, schema_version=schema.metadata[b"autt.schema_version"].decode(),
+        code_version=pipeline.__version__, stage="ingest", batch=name,
+        classes=",".join(classes), shard_digests=json.dumps(_digests(table.to_pandas())), **meta))
 
 
-def _rewrite(ws: Workspace, plans: pd.DataFrame, updates: pd.DataFrame, classes, run_id) -> None:
+def _rewrite(ws: Workspace, plans: pd.DataFrame, updates: pd.DataFrame, classes, meta) -> None:
     plans = plans.set_index("sample_id")
     for col in COMPARED:
         plans.loc[updates.index, col] = updates[col]
     plans = plans.reset_index()
     for batch in sorted(plans.loc[plans["sample_id"].isin(updates.index), "batch"].unique()):
-        _write_plan(ws, int(batch), plans[plans["batch"] == batch], classes, run_id)
+        _write_plan(ws, int(batch), plans[plans["batch"] == batch], classes, meta)
 
 
 def shard_digests(ws: Workspace) -> dict[str, str]:

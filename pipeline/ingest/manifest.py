@@ -7,8 +7,11 @@ Out: a DataFrame of input sample rows (MANIFEST columns before probing).
 
 Manifest-level faults raise :class:`ManifestError` before any work: unreadable file,
 missing or unknown columns, duplicate ``sample_id``, labels outside the class list, a
-subject in both roles, unknown roles. Per-sample faults (an empty path, an empty subject)
-become rows with a status so that every other sample goes on.
+subject in both roles, unknown roles. Per-sample faults become rows with a status and an
+error naming the file, so that every other sample goes on: an empty path (``missing``), an
+empty subject, a ``start`` or ``end`` that is not a number, ``start`` after ``end``, an
+unknown ``time_unit`` or ``media`` (``bad_row``). Windows are inclusive: ``start == end`` is
+one frame, a legal window.
 """
 
 from __future__ import annotations
@@ -128,24 +131,23 @@ def normalise(df: pd.DataFrame, *, classes: tuple[str, ...], split: dict[str, st
     df["role"] = pd.Series(_roles(df, split, target_subjects, source), index=df.index, dtype=object)
 
     df["time_unit"] = df["time_unit"].fillna("s")
-    bad_unit = df.loc[~df["time_unit"].isin(["s", "frame"]), "time_unit"]
-    if len(bad_unit):
-        raise ManifestError(f"{source}: time_unit must be 's' or 'frame', got {bad_unit.iloc[0]!r}")
+    df["media"] = df["media"].fillna(default_media).astype(object)
+    raw = {col: df[col].copy() for col in ("start", "end")}
     for col in ("start", "end"):
-        df[col] = _to_float(df[col], col, source)
-    bad_span = df[(df["start"].notna()) & (df["end"].notna()) & (df["start"] >= df["end"])]
-    if len(bad_span):
-        r = bad_span.iloc[0]
-        raise ManifestError(f"{source}: sample {r.sample_id!r} has start {r.start} >= end {r.end}")
-    media = df["media"].fillna(default_media)
-    bad_media = media[~media.isin(MEDIA + ("auto",))]
-    if len(bad_media):
-        raise ManifestError(f"{source}: media must be one of {list(MEDIA)}, got {bad_media.iloc[0]!r}")
-    df["media"] = media.astype(object)
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    # One row's bad cell (a window that is not one, an unknown unit) is that row's problem.
+    problems = [_row_problem(r, raw["start"][i], raw["end"][i], source)
+                for i, r in zip(df.index, df.itertuples())]
+    bad = (df["status"] == "ok") & pd.Series([p is not None for p in problems], index=df.index)
+    df.loc[bad, "status"] = "bad_row"
+    df.loc[bad, "error"] = pd.Series(problems, index=df.index, dtype=object)[bad]
 
     ok = df["status"] == "ok"
     no_subject = ok & df["subject_id"].isna()
-    df.loc[no_subject, ["status", "error"]] = ["bad_row", "subject_id is empty"]
+    df.loc[no_subject, "status"] = "bad_row"
+    df.loc[no_subject, "error"] = pd.Series(
+        [f"{p if p is not None else source}: subject_id is empty" for p in df["path"]],
+        index=df.index, dtype=object)[no_subject]
     no_path = (df["status"] == "ok") & df["path"].isna()
     df.loc[no_path, ["status", "error"]] = ["missing", "path is empty"]
     df = df.sort_values("sample_id", kind="stable").reset_index(drop=True)
@@ -207,9 +209,18 @@ def _roles(df: pd.DataFrame, split: dict[str, str] | None, targets: tuple[str, .
     return [next(iter(per_subject[s])) if s in per_subject else None for s in df["subject_id"]]
 
 
-def _to_float(col: pd.Series, name: str, source: str) -> pd.Series:
-    out = pd.to_numeric(col, errors="coerce")
-    bad = col[out.isna() & col.notna()]
-    if len(bad):
-        raise ManifestError(f"{source}: column {name} holds a non-number {bad.iloc[0]!r}")
-    return out.astype("float64")
+def _row_problem(row, raw_start, raw_end, source: str) -> str | None:
+    """The first thing wrong with one row's unit, media or window, naming its file (or the
+    manifest and sample when the path is empty); None when nothing is."""
+    where = row.path if row.path is not None else f"{source} sample {row.sample_id!r}"
+    if row.time_unit not in ("s", "frame"):
+        return f"{where}: time_unit must be 's' or 'frame', got {row.time_unit!r}"
+    if row.media not in MEDIA + ("auto",):
+        return f"{where}: media must be one of {list(MEDIA)}, got {row.media!r}"
+    for name, value, given in (("start", row.start, raw_start), ("end", row.end, raw_end)):
+        if pd.isna(value) and not _na(given):
+            return f"{where}: {name} {given!r} is not a number"
+    # Windows are inclusive at both ends: start == end is a one-frame window, and legal.
+    if not pd.isna(row.start) and not pd.isna(row.end) and row.start > row.end:
+        return f"{where}: start {row.start:g} is after end {row.end:g} {row.time_unit}"
+    return None

@@ -1,11 +1,15 @@
-"""Per-sample checks at ingest: does the media exist, is it empty, can its header be read.
+"""Per-sample checks at ingest: does the media exist, is it empty, can its header be read,
+does its window hold a frame.
 
-In: one input sample row (path, media). Out: the probe columns (media resolved, num_frames,
-fps, width, height, size_bytes) plus ``status``/``error``. Never raises for a bad file:
-``missing``, ``empty_file`` and ``unreadable`` are rows, so the other samples go on.
+In: one input sample row (path, media; window). Out: the probe columns (media resolved,
+num_frames, fps, width, height, size_bytes) plus ``status``/``error``. Never raises for a
+bad file: ``missing``, ``empty_file``, ``unreadable`` and ``empty_window`` are rows, so the
+other samples go on.
 """
 
 from __future__ import annotations
+
+import math
 
 from pipeline import io
 from pipeline.media import is_image, natural_key
@@ -83,3 +87,25 @@ def _video_header(url: str) -> dict:
     return {"num_frames": n, "fps": fps, "width": w, "height": h}
 
 
+def window_problem(path: str, start: float | None, end: float | None, time_unit: str,
+                   num_frames: int | None) -> str | None:
+    """Why a frame window holds no frame of a sample with ``num_frames`` frames (None: it
+    holds one or more, or that cannot be known here). Frame windows are 0-based positions,
+    inclusive at both ends, so ``start == end`` is one frame; a window that reaches past the
+    last frame keeps the frames it has. Windows in seconds are left to the face stage, which
+    reads the container's timestamps."""
+    if time_unit != "frame" or num_frames is None:
+        return None
+    first, last = _number(start), _number(end)
+    if first is not None and first > num_frames - 1:
+        shown = f"{first:g}..{'end' if last is None else f'{last:g}'}"
+        return (f"{path}: frame window {shown} starts after the last frame "
+                f"(the sample has {num_frames} frame(s), positions 0..{num_frames - 1})")
+    if last is not None and last < 0:
+        return f"{path}: frame window ends at {last:g}, before the first frame"
+    return None
+
+
+def _number(value: float | None) -> float | None:
+    """A window bound as a float; None or NaN (the file's own start or end) as None."""
+    return None if value is None or math.isnan(value) else float(value)

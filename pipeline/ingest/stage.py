@@ -1,8 +1,9 @@
 """The ingest stage: probe every sample of one shard into manifest rows.
 
-In: the shard's planned input rows (``batches.shard_rows``) and the class list. Out: MANIFEST rows with the
-probe columns filled and a per-sample ``status`` (ok, missing, empty_file, unreadable,
-bad_row, unparsed). A bad file is a row, never an exception.
+In: the shard's planned input rows (``batches.shard_rows``) and the class list. Out: MANIFEST
+rows with the probe columns filled and a per-sample ``status`` (ok, missing, empty_file,
+unreadable, bad_row, unparsed, empty_window). A bad file is a row, never an exception
+(``strict`` makes it a :class:`SampleFault` naming the sample).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import pyarrow as pa
 from pipeline import faults, parquet
 from pipeline.ingest import batches
 from pipeline.ingest.config import IngestConfig
-from pipeline.ingest.probe import probe
+from pipeline.ingest.probe import probe, window_problem
 from pipeline.workspace import Workspace
 from schemas import get
 
-FAILED = frozenset({"missing", "empty_file", "unreadable", "bad_row", "unparsed"})
+FAILED = frozenset({"missing", "empty_file", "unreadable", "bad_row", "unparsed", "empty_window"})
 # The manifest columns that say what a sample's media is (not its label or role): the face
 # stage depends on these alone, so a relabelled sample does not redo its faces.
 MEDIA_COLUMNS = ["sample_id", "video_id", "subject_id", "path", "media", "start", "end",
@@ -77,6 +78,11 @@ class IngestStage:
             if out["status"][i] != "ok":
                 continue  # rows that failed to parse stay as they are
             result = probe(out["path"][i], out["media"][i], read_header=self.cfg.probe)
+            if result["status"] == "ok":
+                problem = window_problem(out["path"][i], out["start"][i], out["end"][i],
+                                         out["time_unit"][i], result["num_frames"])
+                if problem is not None:
+                    result = {**result, "status": "empty_window", "error": problem}
             if self.strict and result["status"] != "ok":
                 raise SampleFault(f"--strict: sample {out['sample_id'][i]!r} is "
                                   f"{result['status']}: {result['error']}")

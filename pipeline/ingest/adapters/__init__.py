@@ -11,9 +11,14 @@ options. Out: a pandas DataFrame with exactly ``COLUMNS``, one row per sample, s
 - ``start``/``end`` (float64, NaN = whole file) in ``time_unit`` ``s`` or ``frame``; with
   ``frame`` they are 0-based decoded-frame indices (videos) or positions in the folder's
   numerically sorted frame list (folders; see ``_common.frame_number``), ``end`` inclusive;
-- ``status`` ``ok`` or ``unparsed`` and ``error`` (None, or a message naming the file, or
-  the CSV line, and what did not parse). Nothing that looks like a sample is skipped
-  silently; samples deselected by an option (a BioVid class outside the pair) are no rows.
+- ``status`` and ``error``: ``ok`` with None, or a message naming the file (or the CSV
+  line) and the problem: ``unparsed`` (did not parse into a sample; ``sample_id``
+  ``unparsed:<relative path>``), ``empty_window`` (the sample's window holds no frame, e.g.
+  a frame folder shorter than its window) or ``unreadable`` (a folder that cannot be
+  listed). A per-sample problem is that sample's row and never stops the scan; only the
+  dataset's own faults (root, options, label or segment table) raise. Nothing that looks
+  like a sample is skipped silently; samples deselected by an option (a BioVid class outside
+  the pair) are no rows.
 String columns are object dtype holding str or None.
 """
 

@@ -31,7 +31,9 @@ COLUMNS = (
 MEDIA = ("video", "frames", "faces")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
-UNPARSED = "unparsed"
+UNPARSED = "unparsed"  # something that looks like a sample but does not parse
+UNREADABLE = "unreadable"  # a folder that cannot be listed
+EMPTY_WINDOW = "empty_window"  # a sample whose window holds no frame (e.g. shorter than it)
 _LAST_NUMBER = re.compile(r"(\d+)\D*$")
 
 
@@ -72,11 +74,21 @@ def open_root(root: str, dataset: str, inner: str | None = None) -> tuple[str, l
     return url, entries
 
 
+def list_folder(url: str, rel: str) -> tuple[list[Entry], str | None]:
+    """``list_entries`` of one folder inside the dataset, or ``([], message)`` when it cannot
+    be listed (permissions, a vanished folder): a per-sample problem, not the dataset's."""
+    try:
+        return list_entries(url), None
+    except OSError as exc:
+        return [], f"{rel}/: cannot list folder: {type(exc).__name__}: {exc}"
+
+
 def subject_folders(top: list[Entry], rows: list[dict], subject_re, dataset: str,
                     example: str):
-    """Yield the subject folders of ``top``; anything else that looks like a sample (a
-    video outside a subject folder, a folder not named like a subject) becomes an
-    unparsed row appended to ``rows``."""
+    """Yield ``(subject folder, its entries)`` for the subject folders of ``top``; anything
+    else that looks like a sample (a video outside a subject folder, a folder not named like
+    a subject) becomes an unparsed row, and a subject folder that cannot be listed an
+    unreadable row, appended to ``rows``."""
     for entry in top:
         if not entry.is_dir:
             if has_ext(entry.name, VIDEO_EXTS):
@@ -88,7 +100,12 @@ def subject_folders(top: list[Entry], rows: list[dict], subject_re, dataset: str
                 key=entry.name + "/", path=entry.url, media="video",
                 error=f"{entry.name}/: folder name is not a {dataset} subject id like {example}"))
             continue
-        yield entry
+        items, error = list_folder(entry.url, entry.name)
+        if error is not None:
+            rows.append(unparsed_row(key=entry.name + "/", path=entry.url, media="video",
+                                     subject_id=entry.name, error=error, status=UNREADABLE))
+            continue
+        yield entry, items
 
 
 def entry_kind(subject: str, item: Entry, folder_media: str) -> tuple[str, str, str, str] | None:
@@ -117,14 +134,25 @@ def frame_number(name: str) -> int | None:
 
 
 def sorted_frames(
-    entries: Iterable[Entry], rel: str, name_re: re.Pattern[str] | None = None
-) -> tuple[list[tuple[int, str]], str | None]:
-    """``(number, name)`` of a folder's image files in frame order, or an error message.
+    url: str, rel: str, name_re: re.Pattern[str] | None = None
+) -> tuple[list[tuple[int, str]], str | None, str]:
+    """``(number, name)`` of the image files of folder ``url`` in frame order, an error
+    message or None, and the status that message deserves (``unparsed`` or ``unreadable``).
 
     ``name_re`` (group 1 = the number) makes the naming strict where the number carries
     meaning, e.g. BioVid's milliseconds. Non-image files are ignored; an image without a
     number, or two images with the same number, make the order ambiguous: an error.
     """
+    entries, error = list_folder(url, rel)
+    if error is not None:
+        return [], error, UNREADABLE
+    frames, error = _frame_order(entries, rel, name_re)
+    return frames, error, UNPARSED
+
+
+def _frame_order(
+    entries: list[Entry], rel: str, name_re: re.Pattern[str] | None
+) -> tuple[list[tuple[int, str]], str | None]:
     frames: list[tuple[int, str]] = []
     for e in entries:
         if e.is_dir or not has_ext(e.name, IMAGE_EXTS):
@@ -154,24 +182,27 @@ def sorted_frames(
 def sample_row(
     *, sample_id: str, video_id: str, subject_id: str, label: str | None, path: str,
     media: str, start: float | None = None, end: float | None = None, time_unit: str = "s",
+    status: str = "ok", error: str | None = None,
 ) -> dict:
+    """A sample's row; a sample that parsed but cannot be used (its window holds no frame,
+    its folder cannot be listed) keeps its ids and label and gets a ``status`` and ``error``."""
     return {
         "sample_id": sample_id, "video_id": video_id, "subject_id": subject_id,
         "label": label, "path": path, "media": media, "start": start, "end": end,
-        "time_unit": time_unit, "status": "ok", "error": None,
+        "time_unit": time_unit, "status": status, "error": error,
     }
 
 
 def unparsed_row(
     *, key: str, path: str, error: str, media: str, video_id: str | None = None,
-    subject_id: str | None = None, time_unit: str = "s",
+    subject_id: str | None = None, time_unit: str = "s", status: str = UNPARSED,
 ) -> dict:
     """A row for something that could not become a sample; ``key`` (usually the relative
-    path) keeps its ``sample_id`` unique and stable across rescans."""
+    path) keeps its ``sample_id`` (``<status>:<key>``) unique and stable across rescans."""
     return {
-        "sample_id": f"{UNPARSED}:{key}", "video_id": video_id if video_id is not None else key,
+        "sample_id": f"{status}:{key}", "video_id": video_id if video_id is not None else key,
         "subject_id": subject_id, "label": None, "path": path, "media": media, "start": None,
-        "end": None, "time_unit": time_unit, "status": UNPARSED, "error": error,
+        "end": None, "time_unit": time_unit, "status": status, "error": error,
     }
 
 

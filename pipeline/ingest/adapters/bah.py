@@ -22,12 +22,13 @@ faces as ``<faces_root>/<video stem>/<frame number>.jpg`` (the number is the las
 digits in the file stem, in the CSV's numbering). Rows then point at the face folder with
 media ``faces`` (detection skipped), and ``start``/``end`` are the 0-based positions, in the
 folder's numerically sorted frame list, of the first and last frame inside the chunk
-(``end`` inclusive); frames without a face may be absent, and a chunk with none is an
-``unparsed`` row.
+(``end`` inclusive; one frame is a legal chunk); frames without a face may be absent, and
+a chunk with none is that chunk's row with status ``empty_window``.
 
 ``unparsed`` rows: video files or face folders whose names do not parse, videos outside
 ``<participant>/<visit>/``, CSV rows that do not parse, and segments naming a video (or face
-folder) that does not exist, each naming the file, or the CSV line, segment and video.
+folder) that does not exist, each naming the file, or the CSV line, segment and video. A
+folder that cannot be listed is an ``unreadable`` row. None of these stops the scan.
 """
 
 from __future__ import annotations
@@ -117,17 +118,25 @@ def scan_bah(
                                          end=float(b - first_frame)))
                 continue
             if vstem not in frame_cache:
-                frames, error = c.sorted_frames(c.list_entries(found[0]), vstem)
-                frame_cache[vstem] = ([n for n, _ in frames], error)
-            numbers, error = frame_cache[vstem]
-            first, last = bisect.bisect_left(numbers, a), bisect.bisect_right(numbers, b) - 1
-            if error is None and last < first:
-                error = f"no face frame numbered {a}..{b} in {vstem}/"
+                frames, error, status = c.sorted_frames(found[0], vstem)
+                frame_cache[vstem] = ([n for n, _ in frames], error, status)
+            numbers, error, status = frame_cache[vstem]
             if error is not None:
-                rows.append(c.unparsed_row(
-                    key=sid, path=found[0], media=media, video_id=vstem, subject_id=subject,
-                    time_unit="frame", error=f"{where}: chunk {k} of segment {seg_id}: {error}"))
+                problem = f"{where}: chunk {k} of segment {seg_id}: {error}"
+                if status == c.UNREADABLE:
+                    rows.append(c.sample_row(**row, status=status, error=problem))
+                else:
+                    rows.append(c.unparsed_row(
+                        key=sid, path=found[0], media=media, video_id=vstem,
+                        subject_id=subject, time_unit="frame", error=problem))
                 continue
+            first, last = bisect.bisect_left(numbers, a), bisect.bisect_right(numbers, b) - 1
+            if last < first:  # no face found in the whole chunk: a row, the scan goes on
+                rows.append(c.sample_row(**row, status=c.EMPTY_WINDOW, error=(
+                    f"{where}: chunk {k} of segment {seg_id}: no face frame numbered "
+                    f"{a}..{b} in {found[0]}")))
+                continue
+            # A chunk with one face frame is a legal window: start == end, both inclusive.
             rows.append(c.sample_row(**row, start=float(first), end=float(last)))
     return c.finalize(rows)
 
@@ -185,18 +194,25 @@ def _index_videos(top: list[c.Entry], rows: list[dict]) -> dict[str, list[str]]:
     def bad(rel: str, url: str, problem: str) -> None:
         rows.append(c.unparsed_row(key=rel, path=url, media="video", error=f"{rel}: {problem}"))
 
+    def listed(url: str, rel: str) -> list[c.Entry]:
+        entries, error = c.list_folder(url, rel)
+        if error is not None:
+            rows.append(c.unparsed_row(key=rel + "/", path=url, media="video", error=error,
+                                       status=c.UNREADABLE))
+        return entries
+
     for part in top:
         if not part.is_dir:
             if c.has_ext(part.name, c.VIDEO_EXTS):
                 bad(part.name, part.url, "video outside <participant>/<visit>/")
             continue
-        for visit in c.list_entries(part.url):
+        for visit in listed(part.url, part.name):
             if not visit.is_dir:
                 if c.has_ext(visit.name, c.VIDEO_EXTS):
                     bad(f"{part.name}/{visit.name}", visit.url,
                         "video outside a visit folder (<participant>/Visite_<n>/)")
                 continue
-            for f in c.list_entries(visit.url):
+            for f in listed(visit.url, f"{part.name}/{visit.name}"):
                 if f.is_dir or not c.has_ext(f.name, c.VIDEO_EXTS):
                     continue
                 rel, m = f"{part.name}/{visit.name}/{f.name}", STEM_RE.fullmatch(c.stem(f.name))

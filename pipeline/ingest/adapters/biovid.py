@@ -19,7 +19,9 @@ Classes outside the selection are not samples (no row). Anything else that does 
 becomes an ``unparsed`` row naming the file: a video or folder whose name is not
 ``<subject>-<CLASS>-<nnn>``, whose subject differs from its folder, a subject folder whose
 name is not a BioVid id (``071309_w_21``), a video outside a subject folder, a frame folder
-with badly named frames or no frame in the window.
+with badly named frames. A frame folder with no frame in the window (a sample shorter than
+its window) is the sample's row with status ``empty_window``; a folder that cannot be listed
+an ``unreadable`` row. None of these stops the scan.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def scan_biovid(
 
     _, top = c.open_root(root, "biovid", inner="video")
     rows: list[dict] = []
-    for entry in c.subject_folders(top, rows, SUBJECT_RE, "BioVid", "071309_w_21"):
-        for item in c.list_entries(entry.url):
+    for entry, items in c.subject_folders(top, rows, SUBJECT_RE, "BioVid", "071309_w_21"):
+        for item in items:
             row = _sample(entry.name, item, label_of, window, folder_media)
             if row is not None:
                 rows.append(row)
@@ -108,12 +110,17 @@ def _sample(
                path=item.url, media=media, time_unit=unit)
     if media == "video":
         return c.sample_row(**row, start=window[0], end=window[1])
-    frames, error = c.sorted_frames(c.list_entries(item.url), rel, FRAME_RE)
-    lo, hi = round(window[0] * 1000), round(window[1] * 1000)
-    inside = [i for i, (ms, _) in enumerate(frames) if lo <= ms <= hi]
-    if error is None and not inside:
-        error = f"{rel}: no frame between {lo} and {hi} ms"
+    frames, error, status = c.sorted_frames(item.url, rel, FRAME_RE)
+    if status == c.UNREADABLE:
+        return c.sample_row(**row, status=status, error=error)
     if error is not None:
         return c.unparsed_row(key=rel, path=item.url, media=media, subject_id=subject,
                               video_id=name, time_unit=unit, error=error)
+    lo, hi = round(window[0] * 1000), round(window[1] * 1000)
+    inside = [i for i, (ms, _) in enumerate(frames) if lo <= ms <= hi]
+    if not inside:  # e.g. a sample shorter than its window: a row, the dataset goes on
+        return c.sample_row(**row, status=c.EMPTY_WINDOW, error=(
+            f"{rel}: no frame between {lo} and {hi} ms (its {len(frames)} frame(s) lie at "
+            f"{frames[0][0]}..{frames[-1][0]} ms)"))
+    # One frame inside is a legal window: start == end, both inclusive.
     return c.sample_row(**row, start=float(inside[0]), end=float(inside[-1]))

@@ -13,7 +13,8 @@ Candidates: with ``media="video"``, every file anywhere under ``root`` with one 
 ``extensions``; with ``frames`` / ``faces`` (pre-cropped, detection skipped), every folder
 exactly as deep as the pattern. A candidate that does not match, whose label is not in
 ``classes`` (when given), or a folder without well-numbered frames, is an ``unparsed`` row
-naming it. Other files (text, CSV, images of a video tree) are not candidates.
+naming it; a folder that cannot be listed is an ``unreadable`` row (the scan goes on).
+Other files (text, CSV, images of a video tree) are not candidates.
 """
 
 from __future__ import annotations
@@ -89,16 +90,18 @@ def scan_pattern(
 
     _, top = c.open_root(root, "pattern")
     unit = "s" if media == "video" else "frame"
-    rows = []
-    for rel, entry in _candidates(top, "", media, exts, depth):
+    rows: list[dict] = []
+    for rel, entry in _candidates(top, "", media, exts, depth, rows):
         m = regex.fullmatch(rel)
-        problem = None
+        problem, status, error = None, "ok", None
         if m is None:
             problem = f"does not match pattern {pattern!r}"
         elif classes is not None and m["label"] not in classes:
             problem = f"label {m['label']!r} is not one of {', '.join(classes)}"
         elif media != "video":
-            _, problem = c.sorted_frames(c.list_entries(entry.url), rel)
+            _, error, status = c.sorted_frames(entry.url, rel)
+            if status != c.UNREADABLE:  # bad frame names: the sample does not parse
+                problem, status, error = error, "ok", None
         if problem is not None:
             msg = problem if problem.startswith(rel) else f"{rel}: {problem}"
             rows.append(c.unparsed_row(key=rel, path=entry.url, media=media, time_unit=unit,
@@ -108,26 +111,30 @@ def scan_pattern(
         rows.append(c.sample_row(
             sample_id=sid, video_id=sid, subject_id=m["subject"],
             label=m["label"] if "label" in fields else None, path=entry.url, media=media,
-            time_unit=unit))
+            time_unit=unit, status=status, error=error))
     return c.finalize(rows)
 
 
 def _candidates(
-    entries: list[c.Entry], prefix: str, media: str, exts: tuple[str, ...], depth: int
+    entries: list[c.Entry], prefix: str, media: str, exts: tuple[str, ...], depth: int,
+    rows: list[dict],
 ) -> list[tuple[str, c.Entry]]:
-    """(relative path, entry) of every candidate below ``entries`` (at depth 1)."""
+    """(relative path, entry) of every candidate below ``entries`` (at depth 1); a folder
+    that cannot be listed becomes an ``unreadable`` row in ``rows``."""
     out = []
     level = prefix.count("/") + 1 if prefix else 1
     for e in entries:
         rel = f"{prefix}{e.name}"
-        if media == "video":
-            if e.is_dir:
-                out += _candidates(c.list_entries(e.url), rel + "/", media, exts, depth)
-            elif c.has_ext(e.name, exts):
-                out.append((rel, e))
-        elif e.is_dir:
-            if level == depth:
-                out.append((rel, e))
-            else:
-                out += _candidates(c.list_entries(e.url), rel + "/", media, exts, depth)
+        if e.is_dir and (media == "video" or level < depth):
+            inner, error = c.list_folder(e.url, rel)
+            if error is not None:
+                rows.append(c.unparsed_row(key=rel + "/", path=e.url, media=media, error=error,
+                                           time_unit="s" if media == "video" else "frame",
+                                           status=c.UNREADABLE))
+                continue
+            out += _candidates(inner, rel + "/", media, exts, depth, rows)
+        elif e.is_dir and media != "video" and level == depth:
+            out.append((rel, e))
+        elif not e.is_dir and media == "video" and c.has_ext(e.name, exts):
+            out.append((rel, e))
     return out

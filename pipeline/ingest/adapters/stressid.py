@@ -15,7 +15,8 @@ A blank answer, or a subject or task missing from the table, gives label None (u
 status ok), never a guess; an answer that is not a number (wide) or not 0/1 (long) gives an
 ``unparsed`` row naming the table, subject and task. Unknown task names, names that do not
 parse, a subject differing from its folder and folders that are not subject ids are
-``unparsed`` rows naming the file.
+``unparsed`` rows naming the file; a folder that cannot be listed is an ``unreadable`` row.
+None of these stops the scan.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def scan_stressid(
     answers, table, binary = ({}, "", True) if unlabelled else _read_labels(
         root, labels_path, label_column)
     rows: list[dict] = []
-    for entry in c.subject_folders(top, rows, SUBJECT_RE, "StressID", "2ea4"):
-        for item in c.list_entries(entry.url):
+    for entry, items in c.subject_folders(top, rows, SUBJECT_RE, "StressID", "2ea4"):
+        for item in items:
             row = _sample(entry.name, item, folder_media)
             if row is not None:
                 key = f"{entry.name}/{item.name}"
@@ -82,7 +83,7 @@ def _labelled(
     names: tuple[str, ...],
 ) -> dict:
     """``row`` with its label, or an unparsed row when its answer is not usable."""
-    if row["status"] != "ok":
+    if row["status"] == c.UNPARSED:
         return row
     subject, task = row["subject_id"], row["sample_id"].split("_", 1)[1]
     answer = answers.get((subject, task))
@@ -112,14 +113,17 @@ def _sample(subject: str, item: c.Entry, folder_media: str) -> dict | None:
         problem = f"names subject {m['subject']} but lies in folder {subject}"
     elif m["task"] not in TASKS:
         problem = f"unknown task {m['task']!r} (known: {', '.join(TASKS)})"
-    elif media != "video":
-        _, problem = c.sorted_frames(c.list_entries(item.url), rel)
+    status, error = "ok", None
+    if problem is None and media != "video":
+        _, error, status = c.sorted_frames(item.url, rel)
+        if status != c.UNREADABLE:  # bad frame names: the sample does not parse
+            problem, status, error = error, "ok", None
     if problem is not None:
         msg = problem if problem.startswith(rel) else f"{rel}: {problem}"
         return c.unparsed_row(key=rel, path=item.url, media=media, subject_id=subject,
                               time_unit=unit, error=msg)
     return c.sample_row(sample_id=name, video_id=name, subject_id=subject, label=None,
-                        path=item.url, media=media, time_unit=unit)
+                        path=item.url, media=media, time_unit=unit, status=status, error=error)
 
 
 def _read_labels(
