@@ -57,19 +57,19 @@ def build(root: str, samples: int, shard_size: int, batches: int, cfg) -> None:
             media = f"m{digest[:20]}"
             marker = _marker("manifest", shard, Fingerprint(man_conf, {"plan": digest}), len(rows),
                              view_digests={"media": media})
-            ws.commit("manifest", shard, marker, None)
+            ws.commit(shard, {"manifest": marker}, {})
             fp = faces_fingerprint(ws, shard, cfg.faces, marker)
             assert fp.config == faces_conf
-            ws.commit("faces", shard, _marker("faces", shard, fp, len(rows) * 75), None)
+            ws.commit(shard, {"faces": _marker("faces", shard, fp, len(rows) * 75)}, {})
             emb = Fingerprint(emb_conf, {"faces": f"f{shard}"}, numerics=None)
-            ws.commit(table_name(bb.backbone_id), shard,
-                      _marker(table_name(bb.backbone_id), shard, emb, len(rows) * 75,
-                              numerics="cpu/fp32"), None)
+            table = table_name(bb.backbone_id)
+            ws.commit(shard, {table: _marker(table, shard, emb, len(rows) * 75,
+                                             numerics="cpu/fp32")}, {})
     # the faces markers' output digests are what the embeddings fingerprint on
     faces_done = ws.markers("faces")
     for shard, m in faces_done.items():
         m["output_digest"] = f"f{shard}"
-        ws.commit("faces", shard, m, None)
+        ws.commit(shard, {"faces": m}, {})
 
 
 def _marker(table: str, shard: str, fp, rows: int, **extra) -> dict:

@@ -264,16 +264,17 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
             **({"input_samples": samples} if samples is not None else {})}
     seconds["write"] = time.perf_counter() - t
     faults.maybe_fail("before_done", where)
+    entries = {}
     for table, s in summaries.items():
         fp = s.pop("fp")
-        ws.commit(table, shard_id, {
+        entries[table] = {
             "table": table, "shard_id": shard_id, "stage": stage.name, "mode": mode,
             "fingerprint": fp.value, "config_hash": fp.config_hash, "config": fp.config,
             "inputs": fp.inputs, "code_version": fp.code_version, "run_id": run_id,
             "rows_in": rows_in, "processed": len(rows["sample_id"]), "seconds": seconds,
             "failure_statuses": sorted(stage.failure_statuses),
-            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **s},
-            previous=committed[table])
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **s}
+    ws.commit(shard_id, entries, previous=committed)  # every table of the unit at once
     return {"shard_id": shard_id, "rows_in": rows_in, "processed": len(rows["sample_id"]),
             "seconds": seconds, "mode": mode,
             "tables": {t: {"rows": s["rows"], "status_counts": s["status_counts"]}

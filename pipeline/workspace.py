@@ -76,17 +76,28 @@ class Workspace:
         return self.url(table, "_done", f"{unit}.json")
 
     # ---- markers
-    def read_marker(self, table: str, unit: str) -> dict | None:
+    # A unit's done marker lives in its primary (first) output table's ``_done`` folder and
+    # carries the entries of its other tables under "tables": that one file is the commit
+    # point of the whole unit. Each other table's ``_done/<unit>.json`` holds only a pointer
+    # to it ({"commit": <primary table>}), so every table of a unit flips at once.
+    def _read_raw(self, table: str, unit: str) -> dict | None:
         url = self.marker_url(table, unit)
         fs, path = io.fs_and_path(url)
-        io.invalidate(fs, path)
+        io.invalidate(fs, io.parent(path))
         try:
             return json.loads(io.read_text(url))
         except FileNotFoundError:
             return None
 
-    def markers(self, table: str) -> dict[str, dict]:
-        """Done markers of a table, by unit id: one fresh listing and one batched read."""
+    def read_marker(self, table: str, unit: str) -> dict | None:
+        """The committed entry of ``table`` for ``unit`` (None: not done)."""
+        raw = self._read_raw(table, unit)
+        if raw is None or "commit" not in raw:
+            return raw
+        record = self._read_raw(raw["commit"], unit)
+        return (record or {}).get("tables", {}).get(table)
+
+    def _markers_raw(self, table: str) -> dict[str, dict]:
         fs, path = io.fs_and_path(self.url(table, "_done"))
         io.invalidate(fs, path)
         if not fs.exists(path):
@@ -102,13 +113,36 @@ class Workspace:
         return {p.rsplit("/", 1)[-1][: -len(".json")]: json.loads(data[p].decode())
                 for p in wanted}
 
-    def commit(self, table: str, unit: str, marker: dict, previous: dict | None) -> None:
-        """Write the done marker (the commit point), then remove the files of the attempt
-        it replaces."""
-        io.write_text_atomic(self.marker_url(table, unit), json.dumps(marker, indent=1))
-        if previous and previous.get("files") and previous["files"] != marker["files"]:
-            for rel in previous["files"].values():
-                io.remove(self.url(*rel.split("/")))
+    def markers(self, table: str) -> dict[str, dict]:
+        """Committed entries of a table, by unit id: one fresh listing and one batched read
+        (plus one for the primary table of units committed elsewhere)."""
+        raw = self._markers_raw(table)
+        primaries = {m["commit"] for m in raw.values() if "commit" in m}
+        records = {p: self._markers_raw(p) for p in primaries}
+        out = {}
+        for unit, m in raw.items():
+            if "commit" in m:
+                m = records[m["commit"]].get(unit, {}).get("tables", {}).get(table)
+            if m is not None:
+                out[unit] = m
+        return out
+
+    def commit(self, unit: str, entries: dict[str, dict], previous: dict[str, dict | None]) -> None:
+        """Commit one unit's tables at once: pointers for the other tables first, then the
+        primary table's marker (the commit point), then remove the files of the attempts
+        it replaces. ``entries``: table -> marker, primary first."""
+        primary, *others = list(entries)
+        for table in others:
+            pointer = {"commit": primary, "unit": unit}
+            if self._read_raw(table, unit) != pointer:
+                io.write_text_atomic(self.marker_url(table, unit), json.dumps(pointer))
+        record = {**entries[primary], **({"tables": {t: entries[t] for t in others}} if others else {})}
+        io.write_text_atomic(self.marker_url(primary, unit), json.dumps(record, indent=1))
+        keep = {rel for e in entries.values() for rel in e["files"].values()}
+        for old in previous.values():
+            for rel in (old or {}).get("files", {}).values():
+                if rel not in keep:
+                    io.remove(self.url(*rel.split("/")))
 
     def remove_orphans(self, table: str, unit: str, keep: dict | None) -> None:
         """Remove files of earlier attempts at ``unit`` that no marker names (an attempt

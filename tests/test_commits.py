@@ -48,13 +48,19 @@ def assert_every_ok_frame_embedded_once(out: Path) -> None:
 
 @pytest.mark.parametrize("where", [
     f"after_tmp:{EMB}/part-",            # embeddings data written, nothing committed
-    f"after_tmp:{EMB}/_done",            # faces committed, embeddings marker not
+    "after_tmp:errors/faces/",           # faces data written, its errors file not
+    "after_tmp:faces/_done",             # the commit record itself not in place
     "before_done:faces+embed",           # every file written, no marker
 ])
 def test_kill_during_fused_retry_resumes_exactly_once(broken, monkeypatch, where):
+    committed = {t: Workspace(str(broken)).markers(t) for t in ("faces", EMB)}
     monkeypatch.setenv("AUTT_FAULT", where)
     assert run(broken, "embed", "--fused", "--retry-failed") == 1
     monkeypatch.delenv("AUTT_FAULT")
+    # Both tables of the unit flip at once: a kill anywhere leaves the last commit whole.
+    assert {t: Workspace(str(broken)).markers(t) for t in committed} == committed
+    assert keys(table(broken, EMB)) == keys(table(broken, "faces").filter(
+        __import__("pyarrow").compute.equal(table(broken, "faces").column("status"), "ok")))
     # The same command resumes; a plain rerun after it has nothing left to do.
     assert run(broken, "embed", "--fused", "--retry-failed") == 0
     assert_every_ok_frame_embedded_once(broken)
@@ -63,18 +69,20 @@ def test_kill_during_fused_retry_resumes_exactly_once(broken, monkeypatch, where
     assert {t: Workspace(str(broken)).markers(t) for t in before} == before
 
 
-def test_kill_between_tables_then_plain_rerun_completes(broken, monkeypatch):
-    """Faces committed, embeddings not: a plain rerun (no flags) embeds what is missing
-    from the stored boxes, without running the face stage again."""
-    monkeypatch.setenv("AUTT_FAULT", f"after_tmp:{EMB}/_done")
-    assert run(broken, "embed", "--fused", "--retry-failed") == 1
-    monkeypatch.delenv("AUTT_FAULT")
-    faces_markers = Workspace(str(broken)).markers("faces")
+def test_embeddings_lost_after_commit_are_redone_without_mtcnn(broken, monkeypatch):
+    """Faces committed, embeddings missing (their marker deleted by hand): a plain rerun
+    embeds them from the stored boxes without running the face stage again."""
+    ws = Workspace(str(broken))
+    shard = sorted(ws.markers(EMB))[0]
+    (broken / EMB / "_done" / f"{shard}.json").unlink()
+    faces_markers = ws.markers("faces")
+    monkeypatch.setattr("pipeline.embed.shard.FaceStage", None)  # any face stage use fails
     assert run(broken, "embed", "--fused") == 0
     assert Workspace(str(broken)).markers("faces") == faces_markers
-    emb = Workspace(str(broken)).markers(EMB)
-    assert {m["stage"] for m in emb.values()} == {"faces+embed", "embed"}
-    assert_every_ok_frame_embedded_once(broken)
+    assert Workspace(str(broken)).markers(EMB)[shard]["stage"] == "embed"
+    faces = table(broken, "faces")
+    ok = faces.filter(__import__("pyarrow").compute.equal(faces.column("status"), "ok"))
+    assert keys(table(broken, EMB)) == keys(ok)
 
 
 def test_committed_files_only_and_no_orphans(broken, monkeypatch):
