@@ -62,7 +62,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fused", action="store_true",
                    help="faces and embeddings in one pass per shard (crops never written)")
     _common(p)
-    p = sub.add_parser("run", help="every stage in order (ingest, faces+embed)")
+    p = sub.add_parser("train", help="CLIP-AU models, predictions and baselines from the cache")
+    _common(p)
+    p = sub.add_parser("run", help="every stage in order (ingest, faces+embed, train)")
     p.add_argument("--manifest")
     p.add_argument("--split")
     p.add_argument("--classes")

@@ -7,6 +7,7 @@ invocation (or joined with ``run.ray_address``) and always shut down.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -49,7 +50,7 @@ def main(command: str, cfg: Config, fused: bool = False) -> int:
             from jobs.demo import prepare
 
             cfg = prepare(cfg)  # the demo's own data, manifest and classes
-        if command in ("embed", "run", "demo"):
+        if command in ("embed", "run", "demo", "train"):
             _check_backbone(cfg)
         prepared = ingest_job.load_rows(cfg, ws) if command in ("ingest", "run", "demo") else None
         _record_run(ws, run_id, command, cfg)
@@ -97,8 +98,24 @@ def _steps(command: str, fused: bool, prepared) -> list:
     ingest = [lambda cfg, run_id: [ingest_job.run(cfg, run_id, prepared)]]
     faces = [lambda cfg, run_id: [faces_job.run(cfg, run_id)]]
     embed = [lambda cfg, run_id: [embed_job.run(cfg, run_id)]]
+    train = [functools.partial(_train, strict_data=command == "train")]
     return {"ingest": ingest, "faces": faces, "embed": [embed_job.run_fused] if fused else embed,
-            "run": ingest + [embed_job.run_fused], "demo": ingest + [embed_job.run_fused]}[command]
+            "train": train, "run": ingest + [embed_job.run_fused] + train,
+            "demo": ingest + [embed_job.run_fused] + train}[command]
+
+
+def _train(cfg: Config, run_id: str, strict_data: bool) -> list[StageRun]:
+    """CLIP-AU and the baselines; data that cannot support training is an error for
+    `autt train` and a note for `autt run` / `autt demo`, whose data stages are done."""
+    from jobs import train as train_job
+
+    try:
+        return train_job.run(cfg, run_id)
+    except train_job.TrainingSkipped as exc:
+        if strict_data:
+            raise UserError(f"cannot train: {exc}") from exc
+        print(f"training skipped: {exc}", file=sys.stderr)
+        return [StageRun(stage="train", extra={"skipped_because": str(exc)})]
 
 
 def _record_run(ws: Workspace, run_id: str, command: str, cfg: Config) -> None:

@@ -35,6 +35,7 @@ from pipeline.embed.config import EmbedConfig
 from pipeline.embed.prompts import PromptConfig
 from pipeline.faces.config import FacesConfig
 from pipeline.ingest.config import IngestConfig
+from pipeline.model.config import TrainSection
 
 __all__ = ["SHIPPED", "Config", "ConfigError", "ProtocolConfig", "RunConfig", "build",
            "config_hash", "diff", "load_config", "resolve_config_path", "to_dict", "to_yaml"]
@@ -66,19 +67,16 @@ class RunConfig:
 @dataclass(frozen=True)
 class ProtocolConfig:
     target_subjects: tuple[str, ...] = ()  # adapted without labels; the rest are source
+    split: Literal["fixed", "kfold", "loso"] = "fixed"  # cross-subject protocol (method.md)
+    folds: int = 5  # k of kfold: labelled subjects are hashed (with the seed) into k folds
     clip_len: int = 20  # T: frames per clip
     stride: int = 2  # s: step between clip frames over the cached sequence
     window: int = 16  # L: frames per window for CLIP-AUTT window selection
     min_face_frames: int = 4  # fewer face frames than this: status insufficient_faces
-    epochs: int = 10  # CLIP-AU training epochs
-    batch_size: int = 8  # CLIP-AU training batch size
-    lr: float = 1e-3  # AdamW learning rate (CLIP-AU and CLIP-AUTT)
-    weight_decay: float = 1e-4  # AdamW weight decay
     tta_steps: int = 10  # CLIP-AUTT steps per target subject
-    seed: int = 1999  # training seed
 
     def __post_init__(self) -> None:
-        for name in ("clip_len", "stride", "window", "epochs", "batch_size", "min_face_frames"):
+        for name in ("clip_len", "stride", "window", "min_face_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"protocol.{name} must be >= 1, got {getattr(self, name)}")
         if self.window > self.clip_len:
@@ -88,6 +86,10 @@ class ProtocolConfig:
             raise ConfigError(f"protocol.tta_steps must be >= 0, got {self.tta_steps}")
         if len(set(self.target_subjects)) != len(self.target_subjects):
             raise ConfigError(f"protocol.target_subjects has duplicates: {self.target_subjects}")
+        if self.split not in ("fixed", "kfold", "loso"):
+            raise ConfigError(f"protocol.split must be fixed, kfold or loso, got {self.split!r}")
+        if self.folds < 2:
+            raise ConfigError(f"protocol.folds must be >= 2, got {self.folds}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    train: TrainSection = field(default_factory=TrainSection)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 

@@ -47,6 +47,10 @@ ERRORS_KEY = "_errors"
 # ({table: {sample_id: digest}}); the marker keeps them, so that an incremental rerun
 # redoes exactly the samples whose input rows changed.
 INPUT_SAMPLES_KEY = "_input_samples"
+# A stage may also return files beside a table's rows ({table: {name: writer}}): each
+# ``writer(url)`` writes one file or folder at ``url``, under this attempt's name, and the
+# marker names it like the table's parts (e.g. a trained model's checkpoint folder).
+FILES_KEY = "_files"
 
 
 class StageChanged(RuntimeError):
@@ -220,6 +224,7 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
     if not isinstance(extra_errors, dict):
         extra_errors = {stage.outputs[0]: extra_errors}
     input_samples = produced.pop(INPUT_SAMPLES_KEY, None) or {}
+    extra_files = produced.pop(FILES_KEY, None) or {}
     seconds["process"] = time.perf_counter() - t
     if strict:
         _abort_on_failure(stage, produced, extra_errors)
@@ -250,6 +255,9 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
                 "shard_id": shard_id, "stage": stage.name, "attempt": attempt,
                 **(stage.metadata(table) if hasattr(stage, "metadata") else {})}
         files = ws.attempt_files(table, shard_id, attempt)
+        for name, writer in extra_files.get(table, {}).items():
+            files[name] = f"{table}/{shard_id}.{attempt}/{name}"
+            writer(ws.url(*files[name].split("/")))
         parquet.write(ws.url(*files["data"].split("/")), parquet.with_run_metadata(data, **meta))
         _write_errors(ws, stage, files["errors"], shard_id, data, extra, run_id, meta)
         _write_stats(ws, stage, files["stats"], shard_id, rows_in, data, counts, seconds, started,

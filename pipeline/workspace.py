@@ -143,17 +143,24 @@ class Workspace:
             for rel in (old or {}).get("files", {}).values():
                 if rel not in keep:
                     io.remove(self.url(*rel.split("/")))
+                    folder = rel.rsplit("/", 1)[0]
+                    if folder.rsplit("/", 1)[-1].startswith(f"{unit}.a"):  # an extra file's folder
+                        io.remove(self.url(*folder.split("/")))
 
     def remove_orphans(self, table: str, unit: str, keep: dict | None) -> None:
         """Remove files of earlier attempts at ``unit`` that no marker names (an attempt
         that died before its commit)."""
         named = set((keep or {}).get("files", {}).values())
+        named |= {rel.rsplit("/", 1)[0] for rel in named}  # folders of extra files
         for folder in (table, f"errors/{table}", f"stats/{table}"):
             fs, path = io.fs_and_path(self.url(*folder.split("/")))
             io.invalidate(fs, path)
-            for p in fs.glob(f"{path}/part-{unit}.*.parquet"):
-                if f"{folder}/{p.rsplit('/', 1)[-1]}" not in named:
-                    fs.rm(p)
+            found = fs.glob(f"{path}/part-{unit}.a*.parquet")
+            if folder == table:
+                found += [p for p in fs.glob(f"{path}/{unit}.a*") if fs.isdir(p)]
+            for p in found:
+                if f"{folder}/{p.rstrip('/').rsplit('/', 1)[-1]}" not in named:
+                    fs.rm(p, recursive=True)
 
     def tables(self) -> list[str]:
         """Every table folder holding done markers (one level of nesting, like

@@ -40,7 +40,7 @@ def test_bad_keys_and_values_name_themselves(override, message):
 def test_bare_key_shorthand_resolves_unique_fields():
     assert load_config(None, ["root=/data/x"]).ingest.root == "/data/x"
     with pytest.raises(ConfigError, match="needs a section"):
-        load_config(None, ["seed=3"])  # protocol.seed and embed.seed both exist
+        load_config(None, ["seed=3"])  # demo.seed and embed.seed both exist
 
 
 def test_yaml_file_then_overrides(tmp_path):

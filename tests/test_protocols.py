@@ -22,12 +22,12 @@ def test_protocol_names_the_papers_subjects_and_schedule(name):
     assert len(cfg.protocol.target_subjects) == 10
     assert cfg.ingest.dataset == name and cfg.ingest.root == "/data/x"
     assert cfg.embed.model == "ViT-B-32"
-    assert cfg.protocol.clip_len == 20 and cfg.protocol.seed == 1999
+    assert cfg.protocol.clip_len == 20 and cfg.train.seeds == (1999,)
     if name == "stressid":
-        assert (cfg.protocol.stride, cfg.protocol.window, cfg.protocol.epochs) == (1, 6, 20)
+        assert (cfg.protocol.stride, cfg.protocol.window, cfg.train.epochs) == (1, 6, 20)
         assert cfg.ingest.classes == ("neutral", "stress") and cfg.ingest.stress_threshold == 5
     else:
-        assert (cfg.protocol.stride, cfg.protocol.window, cfg.protocol.epochs) == (2, 16, 10)
+        assert (cfg.protocol.stride, cfg.protocol.window, cfg.train.epochs) == (2, 16, 10)
     if name == "biovid":
         assert cfg.ingest.window == (2.04, 5.0) and cfg.ingest.biovid_codes == ("BL1", "PA4")
         assert cfg.ingest.classes == ("neutral", "pain")
