@@ -19,6 +19,9 @@ from pipeline.config import RunConfig
 from pipeline.shards import Fingerprint, Plan, execute
 from pipeline.workspace import Workspace
 
+# Environment the actors need as the driver has it: fault hooks, the model hub, and storage
+# endpoints and credentials (a cluster started earlier does not see what was set since).
+FORWARDED_ENV = ("AUTT_", "HF_", "AWS_", "FSSPEC_")
 WAIT_NOTICE_S = 120  # no shard finished for this long: print what the actors are waiting for
 
 
@@ -118,7 +121,7 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
 
     todo = plan.todo
     n, cpus, gpus, threads = _resources(run, len(todo), wants_gpu)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("AUTT_", "HF_"))}
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     actor_cls = ray.remote(_Worker).options(
         num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2,
         runtime_env={"env_vars": env} if env else None)

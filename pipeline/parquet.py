@@ -94,7 +94,7 @@ def write(url: str, table: pa.Table) -> None:
 
 def read(url: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = io.fs_and_path(url)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    return io.retry(f"read {url}", pq.read_table, path, filesystem=fs, columns=columns)
 
 
 def metadata(url: str) -> dict[str, str]:
