@@ -71,8 +71,9 @@ def write_text_features(ws: Workspace, cfg: Config, bb: Backbone, run_id: str) -
 @functools.lru_cache(maxsize=2)
 def driver_backbone(embed: EmbedConfig) -> Backbone:
     """The backbone on the driver (text features, ids, digests), loaded once per config;
-    called before any stage runs so that a bad model or weights setting fails first."""
-    return load_backbone(embed)
+    called before any stage runs so that a bad model or weights setting fails first. Always
+    on the CPU: ``embed.device`` is for the workers (a GPU cluster's head may have none)."""
+    return load_backbone(dataclasses.replace(embed, device="cpu"))
 
 
 def _setup(cfg: Config, run_id: str) -> tuple[Workspace, Backbone, str]:

@@ -92,3 +92,18 @@ def test_a_new_batch_on_s3_is_processed_by_ray_workers(s3, tmp_path, ray_cluster
     emb = ws.read_table("embeddings/autt-tiny__random-s0")
     assert len(set(faces.column("sample_id").to_pylist())) == info["n_samples_plus"]
     assert len(set(emb.column("sample_id").to_pylist())) == info["n_samples_plus"]
+
+
+def test_the_workspace_lock_is_a_conditional_put_on_s3(s3):
+    """Exclusive through If-None-Match: a plain overwrite would let the second writer in."""
+    from pipeline import lock
+
+    root = "s3://autt-test/locked"
+    first = lock.acquire(root, "r1", "ingest")
+    with pytest.raises(lock.WorkspaceLocked, match=r"in use by `autt ingest` \(run r1\)"):
+        lock.acquire(root, "r2", "faces")
+    assert lock.holder(root)["run_id"] == "r1"
+    first.release()
+    assert lock.holder(root) is None
+    with lock.acquire(root, "r3", "faces"):
+        assert lock.holder(root)["run_id"] == "r3"
