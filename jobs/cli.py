@@ -76,6 +76,10 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("status", help="per stage: shards and samples done, missing, failed")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("unlock", help="remove the workspace lock a killed command left behind")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true",
+                   help="even when its command still runs on this host")
     p = sub.add_parser("bench", help="benchmarks: faces | embed | memory | plan")
     p.add_argument("which", choices=["faces", "embed", "memory", "plan"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import status
 
         return status.main(args.out)
+    if args.command == "unlock":
+        return _unlock(args.out, args.force)
     from jobs import pipeline_job
 
     try:
@@ -135,6 +141,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, pipeline_job.UserError) as exc:
         print(f"autt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _unlock(out: str, force: bool) -> int:
+    from pipeline import lock
+    from pipeline.workspace import Workspace
+
+    root = Workspace(out).root
+    try:
+        info = lock.clear(root, force=force)
+    except lock.WorkspaceLocked as exc:
+        print(f"autt unlock: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{root}: not locked" if info is None else
+          f"{root}: removed the lock of {lock.describe(info)}")
+    return 0
 
 
 if __name__ == "__main__":

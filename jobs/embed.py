@@ -61,9 +61,9 @@ def numerics_in(done: dict[str, dict], cfg: EmbedConfig) -> tuple[str, ...] | No
 
 @functools.lru_cache(maxsize=2)
 def driver_backbone(embed: EmbedConfig) -> Backbone:
-    """The backbone on the driver (text features, ids, digests), loaded once per config on
-    the CPU whatever ``embed.device`` says (only workers need the device); called before
-    any stage runs so that a bad model or weights setting fails first."""
+    """The backbone on the driver (text features, ids, digests), loaded once per config;
+    called before any stage runs so that a bad model or weights setting fails first. Always
+    on the CPU: ``embed.device`` is for the workers (a GPU cluster's head may have none)."""
     return load_backbone(dataclasses.replace(embed, device="cpu"))
 
 

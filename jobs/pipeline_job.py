@@ -1,8 +1,10 @@
 """The pipeline jobs behind `autt ingest|faces|embed|run|demo`, read top to bottom.
 
 In: a resolved Config and the command. Out: tables under ``cfg.run.out``, the resolved
-config under ``OUT/runs/<run_id>/``, and a summary on stdout. Ray is started once per
-invocation (or joined with ``run.ray_address``) and always shut down.
+config, summary and failed shards' tracebacks (``errors.log``) under ``OUT/runs/<run_id>/``,
+and a summary on stdout. Every command here writes, so each holds the workspace lock
+(``pipeline.lock``) from after its settings are checked until it ends. Ray is started once
+per invocation (or joined with ``run.ray_address``) and always shut down.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import sys
 import time
 
 from jobs import ingest as ingest_job
-from jobs.runner import StageRun, ray_session
-from pipeline import io
+from jobs.runner import StageRun, errors_log_url, ray_session
+from pipeline import io, lock
 from pipeline.config import Config, to_yaml
 from pipeline.ingest.batches import SampleChanged
 from pipeline.ingest.manifest import ManifestError
@@ -26,7 +28,7 @@ class UserError(Exception):
     """Errors that are the user's to fix: printed as one line, exit code 2."""
 
 
-USER_ERRORS = (ManifestError, StageChanged, SampleChanged, FileNotFoundError)
+USER_ERRORS = (ManifestError, StageChanged, SampleChanged, FileNotFoundError, lock.WorkspaceLocked)
 
 
 def defaults(command: str) -> list[str]:
@@ -41,18 +43,43 @@ def defaults(command: str) -> list[str]:
 def main(command: str, cfg: Config, fused: bool = False) -> int:
     run_id = new_run_id()
     ws = Workspace(cfg.run.out)
+    try:
+        results = _run_locked(command, cfg, fused, ws, run_id)
+    except USER_ERRORS as exc:
+        raise UserError(str(exc)) from exc
+    _print_summary(ws, results, command)
+    failed = {r.stage: r.failed for r in results if r.failed}
+    where = f"full tracebacks in {errors_log_url(ws, run_id)}"
+    if failed and cfg.run.strict:
+        first = next(iter(next(iter(failed.values())).values()))
+        print(f"autt {command}: error: aborted (--strict): {first} ({where})", file=sys.stderr)
+        return 2
+    if failed:
+        print(f"autt {command}: shards failed: {json.dumps(failed)} ({where}); rerun the same "
+              "command to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_locked(command: str, cfg: Config, fused: bool, ws: Workspace, run_id: str
+                ) -> list[StageRun]:
+    """Check everything, take the workspace lock, run the stages, write the run's summary;
+    the lock is released however this ends."""
     t0 = time.perf_counter()
     results: list[StageRun] = []
+    held: lock.WorkspaceLock | None = None
     try:
-        # Everything that can be wrong with the settings or the manifest fails here,
-        # before a cluster starts or anything is written.
         if command == "demo":
             from jobs.demo import prepare
 
+            held = lock.acquire(ws.root, run_id, command)  # the demo's data go into OUT
             cfg = prepare(cfg)  # the demo's own data, manifest and classes
+        # Everything that can be wrong with the settings or the manifest fails here,
+        # before a cluster starts or anything is written.
         if command in ("embed", "run", "demo", "train"):
             _check_backbone(cfg)
         prepared = ingest_job.load_rows(cfg, ws) if command in ("ingest", "run", "demo") else None
+        held = held or lock.acquire(ws.root, run_id, command)
         _record_run(ws, run_id, command, cfg)
         stop = ray_session(cfg.run) if cfg.run.executor == "ray" else (lambda: None)
         try:
@@ -62,20 +89,11 @@ def main(command: str, cfg: Config, fused: bool = False) -> int:
                     break  # downstream would miss those shards: resume with the same command
         finally:
             stop()
-    except USER_ERRORS as exc:
-        raise UserError(str(exc)) from exc
-    _write_summary(ws, run_id, results, time.perf_counter() - t0)
-    _print_summary(ws, results, command)
-    failed = {r.stage: r.failed for r in results if r.failed}
-    if failed and cfg.run.strict:
-        first = next(iter(next(iter(failed.values())).values()))
-        print(f"autt {command}: error: aborted (--strict): {first}", file=sys.stderr)
-        return 2
-    if failed:
-        print(f"autt {command}: shards failed: {json.dumps(failed)}; rerun the same command "
-              "to resume", file=sys.stderr)
-        return 1
-    return 0
+        _write_summary(ws, run_id, results, time.perf_counter() - t0)
+        return results
+    finally:
+        if held is not None:
+            held.release()
 
 
 def _check_backbone(cfg: Config) -> None:

@@ -1,32 +1,41 @@
 """Run a stage's shards on a Ray cluster (or in-process) with progress and fault tolerance.
 
-In: a stage factory (builds the heavy stage once per worker), the shards to do and their
-fingerprints. Out: one summary per shard; shards that raised are reported and the others
-finish. Ray appears here, never in the library's stages.
+In: a stage factory (builds the heavy stage once per worker, given its torch thread count),
+the shards to do and their fingerprints. Out: one summary per shard; shards that raised are
+reported in one line each, their full tracebacks appended to ``OUT/runs/<run id>/errors.log``,
+and the others finish. Ray appears here, never in the library's stages.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
+import re
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipeline import io
 from pipeline.config import RunConfig
 from pipeline.shards import Fingerprint, Plan, execute
 from pipeline.workspace import Workspace
 
-WAIT_NOTICE_S = 120  # no shard finished for this long: print what the actors are waiting for
+# Environment the actors need as the driver has it: fault hooks, the model hub, and storage
+# endpoints and credentials (a cluster started earlier does not see what was set since).
+FORWARDED_ENV = ("AUTT_", "HF_", "AWS_", "FSSPEC_")
+WAIT_NOTICE_S = 120
+log = logging.getLogger(__name__)  # no shard finished for this long: print what the actors are waiting for
 
 
 @dataclass
 class StageRun:
     stage: str
     done: list[dict] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # shard -> error message
+    failed: dict[str, str] = field(default_factory=dict)  # shard -> one-line error message
     skipped: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)  # stage-specific counts for the summary
@@ -39,16 +48,32 @@ class StageRun:
 
 
 class _Worker:
-    """Holds one built stage; runs shards on it (a Ray actor, or a plain object locally)."""
+    """Holds one built stage; runs shards on it (a Ray actor, or a plain object locally).
+    On Ray its torch threads are the CPUs Ray gave this actor; locally torch's default."""
 
-    def __init__(self, factory: Callable, num_threads: int | None):
+    def __init__(self, factory: Callable, on_ray: bool):
         import pipeline  # noqa: F401  (torchvision fix in this process)
 
-        self.stage = factory(num_threads)
+        self.num_threads = actor_threads() if on_ray else None
+        self.stage = factory(self.num_threads)
 
     def run(self, root: str, shard_id: str, fps: dict, mode: str, run_id: str,
             strict: bool = False) -> dict:
         return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id, strict=strict)
+
+
+def actor_threads() -> int:
+    """Torch threads for the calling Ray actor: the CPUs Ray assigned to it (rounded, at
+    least 1), which only the actor knows for sure (the driver sees the whole cluster)."""
+    import ray
+
+    cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+    return max(1, round(cpus))
+
+
+def errors_log_url(ws: Workspace, run_id: str) -> str:
+    """Where the full tracebacks of a run's failed shards go."""
+    return ws.url("runs", run_id, "errors.log")
 
 
 def ray_session(run: RunConfig):
@@ -66,8 +91,8 @@ def ray_session(run: RunConfig):
     return ray.shutdown
 
 
-def _resources(run: RunConfig, n_todo: int, wants_gpu: bool) -> tuple[int, float, float, int]:
-    """(workers, cpus per worker, gpus per worker, torch threads) from the cluster."""
+def _resources(run: RunConfig, n_todo: int, wants_gpu: bool) -> tuple[int, float, float]:
+    """(workers, cpus per worker, gpus per worker) from the cluster."""
     import ray
 
     res = ray.cluster_resources()
@@ -75,11 +100,11 @@ def _resources(run: RunConfig, n_todo: int, wants_gpu: bool) -> tuple[int, float
     if wants_gpu and gpus >= 1:
         n = run.workers or int(gpus)
         n = max(1, min(n, n_todo))
-        return n, max(0.5, min(cpus / n, 4.0) * 0.9), 1.0, max(1, int(cpus // n))
+        return n, max(0.5, min(cpus / n, 4.0) * 0.9), 1.0
     n = max(1, min(run.workers or int(cpus), n_todo))
     per = cpus / n
     # Slightly under a whole share, so a driver-side task or a restarted actor still fits.
-    return n, per * 0.9, 0.0, max(1, int(round(per)))
+    return n, per * 0.9, 0.0
 
 
 def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
@@ -94,14 +119,14 @@ def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
         return result
     _say(run, f"[{name}] {len(todo)} shard(s) to do, {len(plan.skip)} already done")
     if run.executor == "local":
-        worker = _Worker(factory, None)
+        worker = _Worker(factory, on_ray=False)
         for shard in todo:
             try:
                 summary = worker.run(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id,
                                      run.strict)
             except Exception as exc:  # a failed shard must not stop the others
-                result.failed[shard] = f"{type(exc).__name__}: {exc}"
-                _say(run, f"[{name}] shard {shard} FAILED: {exc}")
+                _record_failure(run, ws, run_id, name, shard, result, _one_line(exc),
+                                "".join(traceback.format_exception(exc)))
                 if run.strict:
                     break  # --strict: the first fault aborts the command
                 continue
@@ -119,12 +144,12 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
     import ray
 
     todo = plan.todo
-    n, cpus, gpus, threads = _resources(run, len(todo), wants_gpu)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("AUTT_", "HF_"))}
+    n, cpus, gpus = _resources(run, len(todo), wants_gpu)
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     actor_cls = ray.remote(_Worker).options(
         num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2,
         runtime_env={"env_vars": env} if env else None)
-    actors = [actor_cls.remote(factory, threads) for _ in range(n)]
+    actors = [actor_cls.remote(factory, True) for _ in range(n)]
     pending: dict = {}
     queue = list(todo)
     try:
@@ -145,16 +170,16 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
             try:
                 summary = ray.get(ready[0])
             except ray.exceptions.RayError as exc:
-                msg = str(exc).strip().splitlines()
-                result.failed[shard] = msg[-1] if msg else type(exc).__name__
-                _say(run, f"[{name}] shard {shard} FAILED: {result.failed[shard]}")
+                cause = getattr(exc, "cause", None)  # a task error: the worker's exception
+                line = _one_line(cause if isinstance(cause, Exception) else exc)
+                _record_failure(run, ws, run_id, name, shard, result, line, _ray_text(exc))
                 if run.strict:
                     queue.clear()  # --strict: start nothing more; shards in flight finish
                 if isinstance(exc, ray.exceptions.RayActorError):
                     # out of restarts: replace it so the queue does not die with it
                     ray.kill(actor)
                     actors.remove(actor)
-                    actor = actor_cls.remote(factory, threads)
+                    actor = actor_cls.remote(factory, True)
                     actors.append(actor)
                 free.append(actor)
                 continue
@@ -164,6 +189,35 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _ray_text(exc: BaseException) -> str:
+    """A Ray failure in full, without terminal colours: for a task error, the worker's
+    traceback (Ray's own frames left out) under a line saying where it ran; for an actor
+    error, why its process died."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+
+
+def _record_failure(run: RunConfig, ws: Workspace, run_id: str, name: str, shard: str,
+                    result: StageRun, line: str, full: str) -> None:
+    """Keep the one-line message for the summary; append the full text to the run's errors
+    log (rewritten whole, atomically: failures are few) and point to it."""
+    result.failed[shard] = line
+    url = errors_log_url(ws, run_id)
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    try:
+        old = io.read_text(url) if io.exists(url) else ""
+        io.write_text_atomic(url, f"{old}==== [{name}] shard {shard} failed at {when}\n"
+                                  f"{full.rstrip()}\n\n")
+    except OSError as exc:  # the store is down: say so, and keep the shard's own error
+        log.warning("could not write %s (%s); the traceback of shard %s follows:\n%s", url, exc,
+                    shard, full)
+    _say(run, f"[{name}] shard {shard} FAILED: {line} (traceback in {url})")
 
 
 def _progress(run: RunConfig, name: str, result: StageRun, total: int, summary: dict,

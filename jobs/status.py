@@ -1,13 +1,15 @@
 """`autt status --out OUT`: per table, shards and samples done, pending and failed.
 
 In: a workspace root. Out: a table on stdout, read only from done markers, ingest batch
-plans and statistics (no data part is opened).
+plans and statistics (no data part is opened), and who holds the workspace lock, if anyone
+(a reader takes no lock).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+from pipeline import lock
 from pipeline.ingest import batches
 from pipeline.workspace import Workspace
 
@@ -40,6 +42,9 @@ def _failed(markers: dict) -> set[str]:
 
 
 def main(root: str) -> int:
+    held = lock.holder(Workspace(root).root)
+    if held is not None:
+        print(f"{root}: in use by {lock.describe(held)}")
     rows = summarise(root)
     if not rows or (rows[0]["shards_done"] == 0 and rows[0]["shards_missing"] == 0):
         print(f"{root}: no ingested samples yet (run `autt ingest --out {root} ...`)")

@@ -100,7 +100,8 @@ def read(url: str, columns: list[str] | None = None, filters=None) -> pa.Table:
     """One Parquet file, optionally projected to ``columns`` and filtered by pyarrow
     ``filters`` (e.g. ``[("subject_id", "in", [...])]``) while reading."""
     fs, path = io.fs_and_path(url)
-    return pq.read_table(path, filesystem=fs, columns=columns, filters=filters)
+    return io.retry(f"read {url}", pq.read_table, path, filesystem=fs, columns=columns,
+                    filters=filters)
 
 
 def metadata(url: str) -> dict[str, str]:

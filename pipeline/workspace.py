@@ -82,8 +82,6 @@ class Workspace:
     # to it ({"commit": <primary table>}), so every table of a unit flips at once.
     def _read_raw(self, table: str, unit: str) -> dict | None:
         url = self.marker_url(table, unit)
-        fs, path = io.fs_and_path(url)
-        io.invalidate(fs, io.parent(path))
         try:
             return json.loads(io.read_text(url))
         except FileNotFoundError:
@@ -99,7 +97,6 @@ class Workspace:
 
     def _markers_raw(self, table: str) -> dict[str, dict]:
         fs, path = io.fs_and_path(self.url(table, "_done"))
-        io.invalidate(fs, path)
         if not fs.exists(path):
             return {}
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
@@ -154,7 +151,6 @@ class Workspace:
         named |= {rel.rsplit("/", 1)[0] for rel in named}  # folders of extra files
         for folder in (table, f"errors/{table}", f"stats/{table}"):
             fs, path = io.fs_and_path(self.url(*folder.split("/")))
-            io.invalidate(fs, path)
             found = fs.glob(f"{path}/part-{unit}.a*.parquet")
             if folder == table:
                 found += [p for p in fs.glob(f"{path}/{unit}.a*") if fs.isdir(p)]

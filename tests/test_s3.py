@@ -1,4 +1,8 @@
-"""The same pipeline code on s3://: a real S3-compatible server (moto) on loopback."""
+"""The same pipeline code on s3://: a real S3-compatible server (moto) on loopback.
+
+The endpoint and credentials reach every process the standard way, through the environment
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), so Ray workers see them as well.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from pipeline.workspace import Workspace
 moto_server = pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
 
+TINY = ["embed.model=autt-tiny", "embed.weights=random"]
+
 
 @pytest.fixture(scope="module")
 def s3(monkeypatch_module):
@@ -26,10 +32,9 @@ def s3(monkeypatch_module):
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch_module.setenv(key, value)
-    monkeypatch_module.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
-    fs = fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir("autt-test")
     yield fs
     server.stop()
@@ -50,7 +55,7 @@ def test_ingest_faces_embed_on_s3(s3, tmp_path, capsys):
     common = ["--out", out, "--executor", "local", "--quiet"]
     assert cli(["ingest", "--manifest", "s3://autt-test/data/manifest.csv",
                 "--classes", "neutral,pain", *common]) == 0
-    assert cli(["embed", "--fused", *common, "embed.model=autt-tiny", "embed.weights=random"]) == 0
+    assert cli(["embed", "--fused", *common, *TINY]) == 0
     ws = Workspace(out)
     man = ws.read_table("manifest", schemas.get("manifest")).to_pandas()
     assert len(man) == info["n_samples"] and set(man["status"]) == {"ok"}
@@ -62,5 +67,43 @@ def test_ingest_faces_embed_on_s3(s3, tmp_path, capsys):
     assert io.exists(f"{out}/manifest/_done/b0000-s0000.json")
     # rerun: nothing to do, on S3 as locally
     capsys.readouterr()
-    assert cli(["embed", "--fused", *common, "embed.model=autt-tiny", "embed.weights=random"]) == 0
+    assert cli(["embed", "--fused", *common, *TINY]) == 0
     assert "faces+embed: 0 shard(s) done, 1 already done" in capsys.readouterr().out
+
+
+def test_a_new_batch_on_s3_is_processed_by_ray_workers(s3, tmp_path, ray_cluster):
+    """Markers written by Ray actors must be seen by the driver's next listing: the second
+    `autt run` processes the newly ingested batch (it once skipped it and exited 0)."""
+    from pipeline.demo import make_micro
+
+    info = make_micro(str(tmp_path / "micro"), n_subjects=2, n_frames=4, extra=2)
+    s3.put(str(tmp_path / "micro"), "autt-test/ray-data", recursive=True)
+    out = "s3://autt-test/ray-run"
+    common = ["--out", out, "--quiet", "--classes", "neutral,pain", *TINY]
+    # The first run fills this process's listing cache; in the second, Ray actors write the
+    # new batch's manifest markers, which the driver must then see.
+    assert cli(["run", "--manifest", "s3://autt-test/ray-data/manifest.csv", "--executor", "local",
+                *common]) == 0
+    assert cli(["run", "--manifest", "s3://autt-test/ray-data/manifest_plus.csv", "--executor", "ray",
+                *common]) == 0
+    ws = Workspace(out)
+    assert sorted(ws.markers("faces")) == ["b0000-s0000", "b0001-s0000"]
+    faces = ws.read_table("faces")
+    emb = ws.read_table("embeddings/autt-tiny__random-s0")
+    assert len(set(faces.column("sample_id").to_pylist())) == info["n_samples_plus"]
+    assert len(set(emb.column("sample_id").to_pylist())) == info["n_samples_plus"]
+
+
+def test_the_workspace_lock_is_a_conditional_put_on_s3(s3):
+    """Exclusive through If-None-Match: a plain overwrite would let the second writer in."""
+    from pipeline import lock
+
+    root = "s3://autt-test/locked"
+    first = lock.acquire(root, "r1", "ingest")
+    with pytest.raises(lock.WorkspaceLocked, match=r"in use by `autt ingest` \(run r1\)"):
+        lock.acquire(root, "r2", "faces")
+    assert lock.holder(root)["run_id"] == "r1"
+    first.release()
+    assert lock.holder(root) is None
+    with lock.acquire(root, "r3", "faces"):
+        assert lock.holder(root)["run_id"] == "r3"
