@@ -141,7 +141,9 @@ def run(cfg: Config, run_id: str) -> list[StageRun]:
         train_plan = dataclasses.replace(train_plan, run=sorted(r.failed), retry=[], delta=[], skip=[])
     results = [trained]
     models = s.ws.markers("models")
-    ready = {u for u in s.specs if u in models}
+    # only models made with today's fingerprint (a failed retrain leaves the old one: unused)
+    ready = {u for u in s.specs
+             if u in models and models[u]["fingerprint"] == s.train_fps[u]["models"].value}
     checkpoints = {u: s.ws.files("models", u, models[u])["checkpoint"] for u in ready}
     units = {f"clip-au.{u}": s.specs[u] for u in ready}
     predict_plan = dataclasses.replace(

@@ -29,6 +29,7 @@ import pyarrow as pa
 from pipeline import io, parquet
 
 SIDE = ("errors", "stats")  # side tables written beside every table's data
+NESTED = ("embeddings", "text_features")  # tables named per backbone: <name>/<backbone id>
 
 
 def new_run_id() -> str:
@@ -165,11 +166,11 @@ class Workspace:
         for name in io.listdir(self.root):
             if name in SIDE or name == "runs":
                 continue
-            if io.exists(self.url(name, "_done")):
+            if name in NESTED:
+                found += [f"{name}/{sub}" for sub in io.listdir(self.url(name))
+                          if io.exists(self.url(name, sub, "_done"))]
+            elif io.exists(self.url(name, "_done")):
                 found.append(name)
-                continue
-            found += [f"{name}/{sub}" for sub in io.listdir(self.url(name))
-                      if io.exists(self.url(name, sub, "_done"))]
         return sorted(found)
 
     # ---- readers (committed units only)

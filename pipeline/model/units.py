@@ -258,10 +258,20 @@ class BaselineStage(_TargetStage):
                     None)]
         au_cos = bl.cosines(feats, text.au)
         probe = self.probe(spec)
+        no_probe = None
         if probe is not None:
             results.append(("au-probe", bl.au_probe_proba(probe, au_cos, len(self.ctx.classes)), None))
-        for method, probs, _ in results:
+        else:
+            no_probe = "the AU probe needs source clips of at least 2 classes with enough face frames"
+            results.append(("au-probe", np.zeros((int(ok.sum()), len(self.ctx.classes))), no_probe))
+        for method, probs, failure in results:
             part = self._rows(rows, unit, method, None, spec.fold, None, probs, ok, n_faces)
+            if failure is not None:  # every row of the method failed, with the reason
+                part.update(probs=[None] * len(part["probs"]), pred=[None] * len(part["pred"]),
+                            pred_label=[None] * len(part["pred"]),
+                            status=["failed" if st == "ok" else st for st in part["status"]],
+                            error=[failure if st == "ok" else e
+                                   for st, e in zip(part["status"], part["error"])])
             for k, v in part.items():
                 out.setdefault(k, []).extend(list(v))
         return {"predictions": out}
