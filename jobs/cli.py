@@ -64,6 +64,14 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("train", help="CLIP-AU models, predictions and baselines from the cache")
     _common(p)
+    p = sub.add_parser("predict", help="apply a CLIP-AU checkpoint to OUT's samples")
+    p.add_argument("--model", required=True, help="checkpoint folder (model.safetensors + model.json)")
+    _common(p)
+    p = sub.add_parser("import-reference",
+                       help="convert a reference-code checkpoint into this project's format")
+    p.add_argument("ckpt", help="torch.save'd dict of the reference head's state dicts")
+    p.add_argument("--classes", required=True, help="ordered class list, positive last: neutral,pain")
+    _common(p)
     p = sub.add_parser("run", help="every stage in order (ingest, faces+embed, train)")
     p.add_argument("--manifest")
     p.add_argument("--split")
@@ -137,7 +145,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = build_config(args, pipeline_job.defaults(args.command))
-        return pipeline_job.main(args.command, cfg, fused=getattr(args, "fused", False))
+        if args.command == "import-reference":
+            from jobs import predict
+
+            try:
+                print(predict.import_reference(cfg, args.ckpt, cfg.run.out))
+            except predict.PredictError as exc:
+                raise pipeline_job.UserError(str(exc)) from exc
+            return 0
+        return pipeline_job.main(args.command, cfg, fused=getattr(args, "fused", False),
+                                 model=getattr(args, "model", None))
     except (ConfigError, pipeline_job.UserError) as exc:
         print(f"autt {args.command}: error: {exc}", file=sys.stderr)
         return 2

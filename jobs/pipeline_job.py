@@ -40,11 +40,11 @@ def defaults(command: str) -> list[str]:
     return []
 
 
-def main(command: str, cfg: Config, fused: bool = False) -> int:
+def main(command: str, cfg: Config, fused: bool = False, model: str | None = None) -> int:
     run_id = new_run_id()
     ws = Workspace(cfg.run.out)
     try:
-        results = _run_locked(command, cfg, fused, ws, run_id)
+        results = _run_locked(command, cfg, fused, ws, run_id, model)
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from exc
     _print_summary(ws, results, command)
@@ -61,8 +61,8 @@ def main(command: str, cfg: Config, fused: bool = False) -> int:
     return 0
 
 
-def _run_locked(command: str, cfg: Config, fused: bool, ws: Workspace, run_id: str
-                ) -> list[StageRun]:
+def _run_locked(command: str, cfg: Config, fused: bool, ws: Workspace, run_id: str,
+                model: str | None = None) -> list[StageRun]:
     """Check everything, take the workspace lock, run the stages, write the run's summary;
     the lock is released however this ends."""
     t0 = time.perf_counter()
@@ -83,7 +83,7 @@ def _run_locked(command: str, cfg: Config, fused: bool, ws: Workspace, run_id: s
         _record_run(ws, run_id, command, cfg)
         stop = ray_session(cfg.run) if cfg.run.executor == "ray" else (lambda: None)
         try:
-            for step in _steps(command, fused, prepared):
+            for step in _steps(command, fused, prepared, model):
                 results.extend(step(cfg, run_id))
                 if results[-1].failed:
                     break  # downstream would miss those shards: resume with the same command
@@ -108,7 +108,7 @@ def _check_backbone(cfg: Config) -> None:
                         f"{exc}") from exc
 
 
-def _steps(command: str, fused: bool, prepared) -> list:
+def _steps(command: str, fused: bool, prepared, model: str | None = None) -> list:
     """The stage functions a command runs, in order; each returns a list of StageRun."""
     from jobs import embed as embed_job
     from jobs import faces as faces_job
@@ -118,8 +118,18 @@ def _steps(command: str, fused: bool, prepared) -> list:
     embed = [lambda cfg, run_id: [embed_job.run(cfg, run_id)]]
     train = [functools.partial(_train, strict_data=command == "train")]
     return {"ingest": ingest, "faces": faces, "embed": [embed_job.run_fused] if fused else embed,
-            "train": train, "run": ingest + [embed_job.run_fused] + train,
+            "train": train, "predict": [functools.partial(_predict, model=model)],
+            "run": ingest + [embed_job.run_fused] + train,
             "demo": ingest + [embed_job.run_fused] + train}[command]
+
+
+def _predict(cfg: Config, run_id: str, model: str) -> list[StageRun]:
+    from jobs import predict as predict_job
+
+    try:
+        return predict_job.run(cfg, run_id, model)
+    except predict_job.PredictError as exc:
+        raise UserError(f"--model {model}: {exc}") from exc
 
 
 def _train(cfg: Config, run_id: str, strict_data: bool) -> list[StageRun]:

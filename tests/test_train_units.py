@@ -169,3 +169,76 @@ def test_data_that_cannot_train(micro, tmp_path, capsys):
     assert autt(out, "train", *SMALL) == 2
     assert "cannot train: no target subjects" in capsys.readouterr().err
     assert autt(tmp_path / "empty", "train", *SMALL) == 2
+
+
+def test_predict_applies_a_model_to_another_workspace_and_refuses_a_foreign_one(micro, ws_copy,
+                                                                               tmp_path, capsys):
+    assert autt(ws_copy, "train", *SMALL) == 0
+    ws = Workspace(str(ws_copy))
+    (unit, marker), = ws.markers("models").items()
+    ckpt = ws.files("models", unit, marker)["checkpoint"]
+    other = tmp_path / "other"
+    shutil.copytree(micro["embedded"], other)
+    assert autt(other, "predict", "--model", ckpt, *SMALL) == 0
+    preds = Workspace(str(other)).read_table("predictions").to_pandas()
+    assert set(preds["subject_id"]) == {"s01", "s02", "s03", "s04"} and (preds["status"] == "ok").all()
+    trained = predictions(ws_copy)  # the same model on the same target samples: same numbers
+    for r in preds[preds["subject_id"] == "s04"].itertuples():
+        assert tuple(np.round(r.probs, 6)) == trained[(r.sample_id, "clip-au")]
+    before = Workspace(str(other)).markers("predictions")
+    assert autt(other, "predict", "--model", ckpt, *SMALL) == 0  # a rerun does no work
+    assert Workspace(str(other)).markers("predictions") == before
+    capsys.readouterr()
+    assert autt(other, "predict", "--model", str(tmp_path), *SMALL) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_import_reference_then_predict(micro, tmp_path, capsys):  # noqa: C901
+    """A reference-format checkpoint (torch.save of the head's state dicts, temporal_proj
+    included) for the tiny backbone imports, and predicts like the same weights loaded
+    directly through this project's head."""
+    import torch
+
+    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.model.head import CLIPAUHead, HeadConfig
+
+    d, k = 32, 47
+    head = CLIPAUHead(HeadConfig(embed_dim=d, n_aus=k, n_classes=2))
+    flat = {k_: v for k_, v in head.state_dict().items()}
+    ref = {"text_adapter": {"0.weight": flat["au_adapter.fc1.weight"], "0.bias": flat["au_adapter.fc1.bias"],
+                            "2.weight": flat["au_adapter.fc2.weight"], "2.bias": flat["au_adapter.fc2.bias"]},
+           "temporal": {"weight": flat["temporal.conv.weight"], "bias": flat["temporal.conv.bias"]},
+           "temporal_proj": {"weight": torch.zeros(d, d)},
+           "temporal_classifier": {"0.weight": flat["classifier.fc1.weight"], "0.bias": flat["classifier.fc1.bias"],
+                                   "2.weight": flat["classifier.fc2.weight"], "2.bias": flat["classifier.fc2.bias"]}}
+    src = tmp_path / "ref.pth"
+    torch.save(ref, src)
+    out = tmp_path / "imported"
+    capsys.readouterr()
+    # the tiny model with the default bank: 47 prompts, the reference head of this test too
+    code = cli(["import-reference", str(src), "--classes", "neutral,pain", "--out", str(out),
+                "embed.model=autt-tiny", "embed.weights=random"])
+    assert code == 2 and "46 prompts" in capsys.readouterr().err  # the reference bank has 46 AUs
+    head46 = CLIPAUHead(HeadConfig(embed_dim=d, n_aus=46, n_classes=2))
+    f46 = head46.state_dict()
+    ref["temporal_classifier"]["0.weight"] = f46["classifier.fc1.weight"]
+    torch.save(ref, src)
+    assert cli(["import-reference", str(src), "--classes", "neutral,pain", "--out", str(out),
+                "embed.model=autt-tiny", "embed.weights=random"]) == 0
+    loaded, info = load_checkpoint(str(out))
+    assert info.au_bank.name == "reference" and info.weights_digest == "unknown"
+    assert "temporal_proj" in str(info.origin["dropped"])
+    x, t = torch.randn(3, 5, d), torch.randn(46, d)
+    head46.load_state_dict({**f46, **{k_: v for k_, v in flat.items() if not k_.startswith("classifier.fc1.w")}})
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, t).logits, head46(x, t).logits, atol=1e-6)
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"\x80\x04junk")
+    assert cli(["import-reference", str(bad), "--classes", "neutral,pain", "--out", str(tmp_path / "x"),
+                "embed.model=autt-tiny", "embed.weights=random"]) == 2
+    # made for the reference bank: a workspace with the default 47-prompt bank refuses it
+    other = tmp_path / "ws"
+    shutil.copytree(micro["embedded"], other)
+    capsys.readouterr()
+    assert autt(other, "predict", "--model", str(out), *SMALL) == 2
+    assert "AU bank" in capsys.readouterr().err

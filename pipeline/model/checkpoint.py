@@ -19,6 +19,7 @@ import hashlib
 import io as bytes_io
 import json
 import pickle
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -261,7 +262,8 @@ def _read_reference(ckpt_path: str) -> tuple[dict[str, torch.Tensor], bytes]:
     blob = io.read_bytes(ckpt_path)
     try:
         raw = torch.load(bytes_io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
+            struct.error, IndexError, KeyError) as err:  # a garbled file fails in any of these
         raise CheckpointError(f"{ckpt_path} is not a reference checkpoint torch.load(weights_only=True) "
                               f"accepts (only tensors and plain containers are read): {err}") from err
     if not isinstance(raw, Mapping):
