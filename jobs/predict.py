@@ -54,9 +54,10 @@ def run(cfg: Config, run_id: str, model_path: str) -> list[StageRun]:
     digests, emb_hash = data.input_digests(ws, info.backbone_id)
     samples = data.sample_rows(ws, list(subjects))
     meta = json.loads(io.read_text(io.join(model_path, "model.json")))
+    targets = data.digest_of([(s, digests.get(s)) for s in samples["sample_id"]])
     fp = Fingerprint(config={"clip_len": p.clip_len, "stride": p.stride, "min_face_frames": p.min_face_frames},
-                     inputs={"model": meta["weights"]["sha256"], "text": text.digest, "embeddings_config": emb_hash,
-                             "targets": data.digest_of([(s, digests.get(s)) for s in samples["sample_id"]])})
+                     inputs={"model": meta["weights"]["sha256"], "text": text.digest,
+                             "embeddings_config": emb_hash, "targets": targets})
     fps = {unit: {"predictions": fp, "au_activations": fp}}
     todo = plan(ws, "predictions", {unit: fp}, recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,
                 failure_statuses=frozenset({"failed"}), incremental=True)

@@ -209,8 +209,8 @@ def test_import_reference_then_predict(micro, tmp_path, capsys):  # noqa: C901
                             "2.weight": flat["au_adapter.fc2.weight"], "2.bias": flat["au_adapter.fc2.bias"]},
            "temporal": {"weight": flat["temporal.conv.weight"], "bias": flat["temporal.conv.bias"]},
            "temporal_proj": {"weight": torch.zeros(d, d)},
-           "temporal_classifier": {"0.weight": flat["classifier.fc1.weight"], "0.bias": flat["classifier.fc1.bias"],
-                                   "2.weight": flat["classifier.fc2.weight"], "2.bias": flat["classifier.fc2.bias"]}}
+           "temporal_classifier": {f"{i}.{w}": flat[f"classifier.fc{j}.{w}"]
+                                   for i, j in ((0, 1), (2, 2)) for w in ("weight", "bias")}}
     src = tmp_path / "ref.pth"
     torch.save(ref, src)
     out = tmp_path / "imported"
@@ -229,7 +229,8 @@ def test_import_reference_then_predict(micro, tmp_path, capsys):  # noqa: C901
     assert info.au_bank.name == "reference" and info.weights_digest == "unknown"
     assert "temporal_proj" in str(info.origin["dropped"])
     x, t = torch.randn(3, 5, d), torch.randn(46, d)
-    head46.load_state_dict({**f46, **{k_: v for k_, v in flat.items() if not k_.startswith("classifier.fc1.w")}})
+    head46.load_state_dict({**f46, **{k_: v for k_, v in flat.items()
+                                      if not k_.startswith("classifier.fc1.w")}})
     with torch.no_grad():
         assert torch.allclose(loaded(x, t).logits, head46(x, t).logits, atol=1e-6)
     bad = tmp_path / "garbage.pth"
