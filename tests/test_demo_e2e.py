@@ -112,13 +112,34 @@ def test_text_features_are_float32_au_and_class_prompts(demo):
 
 def test_rerun_does_no_work_and_status_reports_it(demo):
     out, _ = demo
-    before = {t: Workspace(str(out)).markers(t) for t in ("manifest", "faces", EMB)}
+    before = {t: Workspace(str(out)).markers(t)
+              for t in ("manifest", "faces", EMB, "models", "predictions", "au_activations")}
     again = autt("demo", "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[ingest] nothing to do (6 shard(s) already done)" in again.stderr
     assert "[faces+embed] nothing to do (6 shard(s) already done)" in again.stderr
+    assert "[train] nothing to do" in again.stderr and "[baselines] nothing to do" in again.stderr
     assert {t: Workspace(str(out)).markers(t) for t in before} == before
     status = autt("status", "--out", str(out))
     assert status.returncode == 0
     lines = {line.split()[0]: line.split() for line in status.stdout.splitlines()[1:]}
     assert lines["faces"][1:6] == ["6", "0", "24", "960", "0"]
+
+
+def test_demo_trains_clip_au_and_predicts_every_target_sample_with_every_method(demo):
+    out, result = demo
+    ws = Workspace(str(out))
+    models = ws.read_table("models").to_pandas()
+    assert len(models) == 1 and models["status"].tolist() == ["ok"]
+    assert sorted(models["target_subjects"][0]) == ["s05", "s06"]
+    preds = ws.read_table("predictions").to_pandas()
+    man = ws.read_table("manifest").to_pandas()
+    targets = set(man.loc[man["role"] == "target", "sample_id"])
+    for method in ("clip-au", "zero-shot", "pn-prompts", "au-probe"):
+        rows = preds[preds["method"] == method]
+        assert set(rows["sample_id"]) == targets and (rows["status"] == "ok").all(), method
+    assert "epoch 10/10" in result.stderr  # training shows its progress
+    for table in ("models", "predictions", "au_activations"):
+        for unit, marker in ws.markers(table).items():
+            url = ws.files(table, unit, marker)["data"]
+            schemas.check(parquet.read(url), schemas.get(table))
