@@ -13,6 +13,8 @@ from pipeline import lock
 from pipeline.ingest import batches
 from pipeline.workspace import Workspace
 
+SHARDED = ("manifest", "faces")  # tables with one unit per ingest shard (and embeddings/<id>)
+
 
 def summarise(root: str) -> list[dict]:
     ws = Workspace(root)
@@ -23,9 +25,12 @@ def summarise(root: str) -> list[dict]:
         counts: Counter = Counter()
         for m in markers.values():
             counts.update(m.get("status_counts", {}))
-        missing = [s for s in planned if s not in markers]
+        # Tables of ingest shards count the shards not done; other units (models, the
+        # predictions of a model...) are planned per run and report what they hold.
+        sharded = table in SHARDED or table.startswith("embeddings/")
+        missing = [s for s in planned if s not in markers] if sharded else None
         rows.append({
-            "table": table, "shards_done": len(markers), "shards_missing": len(missing),
+            "table": table, "shards_done": len(markers), "shards_missing": None if missing is None else len(missing),
             "rows": sum(m.get("rows", 0) for m in markers.values()),
             "samples_in": sum(m.get("rows_in", 0) for m in markers.values()),
             "status": dict(sorted(counts.items())),
@@ -49,10 +54,11 @@ def main(root: str) -> int:
     if not rows or (rows[0]["shards_done"] == 0 and rows[0]["shards_missing"] == 0):
         print(f"{root}: no ingested samples yet (run `autt ingest --out {root} ...`)")
         return 0
-    print(f"{'table':<38} {'shards done':>11} {'missing':>8} {'samples':>8} {'rows':>8} "
+    print(f"{'table':<38} {'units done':>11} {'missing':>8} {'samples':>8} {'rows':>8} "
           f"{'failed':>7}  status counts")
     for r in rows:
         shown = ", ".join(f"{k} {v}" for k, v in r["status"].items())
-        print(f"{r['table']:<38} {r['shards_done']:>11} {r['shards_missing']:>8} "
+        missing = "-" if r["shards_missing"] is None else r["shards_missing"]
+        print(f"{r['table']:<38} {r['shards_done']:>11} {missing:>8} "
               f"{r['samples_in']:>8} {r['rows']:>8} {r['failed']:>7}  {shown}")
     return 0
