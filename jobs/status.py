@@ -30,7 +30,8 @@ def summarise(root: str) -> list[dict]:
         sharded = table in SHARDED or table.startswith("embeddings/")
         missing = [s for s in planned if s not in markers] if sharded else None
         rows.append({
-            "table": table, "shards_done": len(markers), "shards_missing": None if missing is None else len(missing),
+            "table": table, "shards_done": len(markers),
+            "shards_missing": None if missing is None else len(missing),
             "rows": sum(m.get("rows", 0) for m in markers.values()),
             "samples_in": sum(m.get("rows_in", 0) for m in markers.values()),
             "status": dict(sorted(counts.items())),
