@@ -156,6 +156,7 @@ def test_segments_average_their_ok_chunks():
     # segments are keyed by video_id: put A0/A1 (neutral) and B1/B9 (pain) into one video each
     rows.loc[rows["sample_id"].isin(["A0", "A1"]), "video_id"] = "vA"
     rows.loc[rows["sample_id"].isin(["B1", "B9"]), "video_id"] = "vB"
+    rows.loc[rows["sample_id"].isin(["A2", "A3"]), ["video_id", "status"]] = ["vF", "failed"]
     seg = join.segment_rows(rows, mapping, CLASSES).set_index("video_id")
     a = seg.loc["vA"]
     assert (a["n_chunks"], a["n_chunks_ok"], a["label"]) == (2, 2, "neutral")
@@ -164,6 +165,10 @@ def test_segments_average_their_ok_chunks():
     b = seg.loc["vB"]
     assert (b["n_chunks"], b["n_chunks_ok"], b["status"]) == (2, 1, "ok")
     np.testing.assert_allclose(b["probs"], [0.1, 0.9])
+    f = seg.loc["vF"]
+    assert (f["n_chunks"], f["n_chunks_ok"], f["status"], f["probs"]) == (2, 0, "failed", None)
+    assert pd.isna(f["pred"]) and pd.isna(f["correct"]) and "none of its 2 chunk(s)" in f["error"]
+    assert pd.isna(seg.loc["C9", "label"]) and pd.isna(seg.loc["C9", "correct"])
     rows.loc[rows["sample_id"] == "A1", "label"] = "pain"
     with pytest.raises(ValueError, match="mixes labels"):
         join.segment_rows(rows, mapping, CLASSES)

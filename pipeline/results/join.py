@@ -151,13 +151,6 @@ def typed_frame(records: list[dict], schema: pa.Schema) -> pd.DataFrame:
     return frame
 
 
-def _segment_status(statuses: pd.Series) -> str:
-    if (statuses == "ok").any():
-        return "ok"
-    kinds = statuses.unique()
-    return kinds[0] if len(kinds) == 1 else "failed"
-
-
 def segment_rows(rows: pd.DataFrame, mapping: pd.DataFrame | pa.Table, classes: Sequence[str]) -> pd.DataFrame:
     """The ``segments`` table: per (video_id, segment_id, run key, step), the mean of its ok
     chunks' probabilities and the argmax of that mean.
@@ -176,27 +169,38 @@ def segment_rows(rows: pd.DataFrame, mapping: pd.DataFrame | pa.Table, classes: 
     if data["segment_id"].isna().any():
         raise ValueError(f"sample {data.loc[data['segment_id'].isna(), 'sample_id'].iloc[0]!r} has no segment "
                          "in the segment mapping")
-    out = []
-    for key, g in data.groupby(["video_id", "segment_id", *RUN_KEY, "step"], dropna=False, sort=True):
-        labels = g["label"].dropna().unique()
-        if len(labels) > 1 or (len(labels) == 1 and g["label"].isna().any()):
-            raise ValueError(f"segment {key[1]!r} of video {key[0]!r} mixes labels "
-                             f"{g['label'].unique().tolist()}")
-        ok = g[g["status"] == "ok"]
-        probs = np.mean(np.stack(ok["probs"].tolist()), axis=0) if len(ok) else None
-        pred = int(np.argmax(probs)) if probs is not None else None
-        label = labels[0] if len(labels) else None
-        label_index = classes.index(label) if label is not None else None
-        status = _segment_status(g["status"])
-        out.append({
-            "video_id": key[0], "segment_id": key[1], "subject_id": g["subject_id"].iloc[0],
-            "label": label, "label_index": label_index, **dict(zip(RUN_KEY, key[2:7])), "step": key[7],
-            "n_chunks": len(g), "n_chunks_ok": len(ok), "probs": probs, "pred": pred,
-            "pred_label": classes[pred] if pred is not None else None,
-            "correct": (pred == label_index) if pred is not None and label_index is not None else None,
-            "status": status,
-            "error": None if status == "ok" else f"none of its {len(g)} chunk(s) has an ok prediction",
-        })
-    frame = typed_frame(out, SEGMENTS)
+    # One vectorised groupby (a BAH run holds many thousands of segments x runs x steps).
+    n = len(classes)
+    ok = (data["status"] == "ok").to_numpy()
+    probs = np.full((len(data), n), np.nan)
+    if ok.any():
+        probs[ok] = np.stack(data.loc[ok, "probs"].tolist())
+    cols = [f"_p{i}" for i in range(n)]
+    data = data.assign(_ok=ok, _unlabelled=data["label"].isna(), **dict(zip(cols, probs.T)))
+    keys = ["video_id", "segment_id", *RUN_KEY, "step"]
+    agg = data.groupby(keys, dropna=False, sort=True).agg(
+        subject_id=("subject_id", "first"), label=("label", "first"), n_labels=("label", "nunique"),
+        n_unlabelled=("_unlabelled", "sum"), n_chunks=("status", "size"), n_chunks_ok=("_ok", "sum"),
+        first_status=("status", "first"), n_statuses=("status", "nunique"),
+        **{c: (c, "mean") for c in cols}).reset_index()
+    mixed = (agg["n_labels"] > 1) | ((agg["n_labels"] == 1) & (agg["n_unlabelled"] > 0))
+    if mixed.any():
+        r = agg[mixed].iloc[0]
+        chunks = data[(data["video_id"] == r["video_id"]) & (data["segment_id"] == r["segment_id"])]
+        raise ValueError(f"segment {r['segment_id']!r} of video {r['video_id']!r} mixes labels "
+                         f"{chunks['label'].unique().tolist()}")
+    mean = agg[cols].to_numpy(dtype=np.float64)
+    scored = agg["n_chunks_ok"].to_numpy() > 0
+    agg["probs"] = [m if s else None for m, s in zip(mean, scored)]
+    pred = np.argmax(np.nan_to_num(mean, nan=-1.0), axis=1)
+    agg["pred"] = pd.array([int(p) if s else None for p, s in zip(pred, scored)], dtype="Int64")
+    agg["label_index"] = agg["label"].map({c: i for i, c in enumerate(classes)})
+    agg["pred_label"] = agg["pred"].map(lambda i: classes[i] if not pd.isna(i) else None)
+    agg["correct"] = [bool(p == y) if not (pd.isna(p) or pd.isna(y)) else None
+                      for p, y in zip(agg["pred"], agg["label_index"])]
+    agg["status"] = np.where(scored, "ok", np.where(agg["n_statuses"] == 1, agg["first_status"], "failed"))
+    agg["error"] = [None if s else f"none of its {c} chunk(s) has an ok prediction"
+                    for s, c in zip(scored, agg["n_chunks"])]
+    frame = typed_frame(agg[SEGMENTS.names].to_dict("records"), SEGMENTS)
     frame["correct"] = frame["correct"].astype("boolean")
     return frame
