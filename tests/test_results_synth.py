@@ -86,8 +86,8 @@ def predictions(seed: int = 0) -> pd.DataFrame:
         for model_seed, model_id in MODELS.items():
             add(sample, "clip-au", model_id, 0, model_seed, None, 0.7)
             for step in range(11):
-                add(sample, "clip-autt", model_id, 0, model_seed, step, 0.7 + 0.1 * step)
-            add(sample, "clip-autt", model_id, 0, model_seed, None, 1.7)
+                add(sample, "clip-autt", model_id, 0, model_seed, step, 0.7 + 0.06 * step)
+            add(sample, "clip-autt", model_id, 0, model_seed, None, 1.3)
     return pd.DataFrame(rows)
 
 
