@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from schemas.results import RESULT_TABLES
 from schemas.tables import (
     EMBEDDINGS_VERSION,
     TABLES,
@@ -29,9 +30,10 @@ class SchemaError(ValueError):
 
 def get(name: str) -> pa.Schema:
     """The schema of a fixed-width table (everything but embeddings)."""
-    if name not in TABLES:
-        raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}")
-    return TABLES[name]
+    known = {**TABLES, **RESULT_TABLES}
+    if name not in known:
+        raise KeyError(f"unknown table {name!r}; known: {sorted(known)}")
+    return known[name]
 
 
 def check(table: pa.Table, schema: pa.Schema) -> None:
