@@ -119,8 +119,23 @@ def _steps(command: str, fused: bool, prepared, model: str | None = None) -> lis
     train = [functools.partial(_train, strict_data=command == "train")]
     return {"ingest": ingest, "faces": faces, "embed": [embed_job.run_fused] if fused else embed,
             "train": train, "predict": [functools.partial(_predict, model=model)],
-            "run": ingest + [embed_job.run_fused] + train,
-            "demo": ingest + [embed_job.run_fused] + train}[command]
+            "report": [_report],
+            "run": ingest + [embed_job.run_fused] + train + [_report],
+            "demo": ingest + [embed_job.run_fused] + train + [_report]}[command]
+
+
+def _report(cfg: Config, run_id: str) -> list[StageRun]:
+    """The results tables and the HTML report, from whatever predictions are committed."""
+    from jobs import report as report_job
+
+    t0 = time.perf_counter()
+    try:
+        url = report_job.run(cfg, run_id)
+    except report_job.NothingToReport as exc:
+        print(f"report skipped: {exc}", file=sys.stderr)
+        return [StageRun(stage="report", extra={"skipped_because": str(exc)})]
+    print(f"report: {url}")
+    return [StageRun(stage="report", seconds=time.perf_counter() - t0, extra={"report": url})]
 
 
 def _predict(cfg: Config, run_id: str, model: str) -> list[StageRun]:

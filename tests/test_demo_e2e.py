@@ -143,3 +143,19 @@ def test_demo_trains_clip_au_and_predicts_every_target_sample_with_every_method(
         for unit, marker in ws.markers(table).items():
             url = ws.files(table, unit, marker)["data"]
             schemas.check(parquet.read(url), schemas.get(table))
+
+
+def test_demo_ends_with_the_report(demo):
+    import re
+
+    import pandas as pd
+
+    out, result = demo
+    page = out / "report" / "index.html"
+    assert f"report: {page}" in result.stdout
+    html = page.read_text()
+    images = re.findall(r'src="([^"]+)"', html)
+    assert images and all((page.parent / src).is_file() for src in images)
+    metrics = pd.read_parquet(out / "results" / "subject_metrics.parquet")
+    assert {(m, s) for m, s in zip(metrics["method"], metrics["subject_id"])} >= {
+        (m, s) for m in ("clip-au", "zero-shot", "pn-prompts", "au-probe") for s in ("s05", "s06")}
