@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("train", help="CLIP-AU models, predictions and baselines from the cache")
     _common(p)
+    p = sub.add_parser("adapt", help="test-time adaptation of every target subject (CLIP-AUTT, "
+                       "baselines) from the cache")
+    p.add_argument("--methods", help="comma-separated subset of adapt.methods, e.g. clip-autt,tpt")
+    p.add_argument("--subjects", help="comma-separated target subjects (default: every target)")
+    _common(p)
     p = sub.add_parser("predict", help="apply a CLIP-AU checkpoint to OUT's samples")
     p.add_argument("--model", required=True, help="checkpoint folder (model.safetensors + model.json)")
     _common(p)
@@ -74,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("report", help="results tables and the HTML report from the predictions")
     _common(p)
-    p = sub.add_parser("run", help="every stage in order (ingest, faces+embed, train, report)")
+    p = sub.add_parser("run", help="every stage in order (ingest, faces+embed, train, adapt, report)")
     p.add_argument("--manifest")
     p.add_argument("--split")
     p.add_argument("--classes")
@@ -156,10 +161,24 @@ def main(argv: list[str] | None = None) -> int:
                 raise pipeline_job.UserError(str(exc)) from exc
             return 0
         return pipeline_job.main(args.command, cfg, fused=getattr(args, "fused", False),
-                                 model=getattr(args, "model", None))
+                                 model=getattr(args, "model", None), adapt_args=_adapt_args(args, cfg))
     except (ConfigError, pipeline_job.UserError) as exc:
         print(f"autt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _adapt_args(args: argparse.Namespace, cfg: Config) -> dict | None:
+    """--methods / --subjects of `autt adapt`, checked against the method vocabulary."""
+    if args.command != "adapt":
+        return None
+    from pipeline.adapt.config import ADAPT_METHODS
+
+    methods = tuple(m.strip() for m in (args.methods or "").split(",") if m.strip()) or None
+    bad = [m for m in methods or () if m not in ADAPT_METHODS]
+    if bad:
+        raise ConfigError(f"--methods {bad}: unknown; known: {list(ADAPT_METHODS)}")
+    subjects = tuple(x.strip() for x in (args.subjects or "").split(",") if x.strip()) or None
+    return {"methods": methods, "subjects": subjects}
 
 
 def _unlock(out: str, force: bool) -> int:

@@ -40,11 +40,12 @@ def defaults(command: str) -> list[str]:
     return []
 
 
-def main(command: str, cfg: Config, fused: bool = False, model: str | None = None) -> int:
+def main(command: str, cfg: Config, fused: bool = False, model: str | None = None,
+         adapt_args: dict | None = None) -> int:
     run_id = new_run_id()
     ws = Workspace(cfg.run.out)
     try:
-        results = _run_locked(command, cfg, fused, ws, run_id, model)
+        results = _run_locked(command, cfg, fused, ws, run_id, model, adapt_args)
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from exc
     _print_summary(ws, results, command)
@@ -62,7 +63,7 @@ def main(command: str, cfg: Config, fused: bool = False, model: str | None = Non
 
 
 def _run_locked(command: str, cfg: Config, fused: bool, ws: Workspace, run_id: str,
-                model: str | None = None) -> list[StageRun]:
+                model: str | None = None, adapt_args: dict | None = None) -> list[StageRun]:
     """Check everything, take the workspace lock, run the stages, write the run's summary;
     the lock is released however this ends."""
     t0 = time.perf_counter()
@@ -76,14 +77,14 @@ def _run_locked(command: str, cfg: Config, fused: bool, ws: Workspace, run_id: s
             cfg = prepare(cfg)  # the demo's own data, manifest and classes
         # Everything that can be wrong with the settings or the manifest fails here,
         # before a cluster starts or anything is written.
-        if command in ("embed", "run", "demo", "train"):
+        if command in ("embed", "run", "demo", "train", "adapt"):
             _check_backbone(cfg)
         prepared = ingest_job.load_rows(cfg, ws) if command in ("ingest", "run", "demo") else None
         held = held or lock.acquire(ws.root, run_id, command)
         _record_run(ws, run_id, command, cfg)
         stop = ray_session(cfg.run) if cfg.run.executor == "ray" else (lambda: None)
         try:
-            for step in _steps(command, fused, prepared, model):
+            for step in _steps(command, fused, prepared, model, adapt_args):
                 results.extend(step(cfg, run_id))
                 if results[-1].failed:
                     break  # downstream would miss those shards: resume with the same command
@@ -108,7 +109,8 @@ def _check_backbone(cfg: Config) -> None:
                         f"{exc}") from exc
 
 
-def _steps(command: str, fused: bool, prepared, model: str | None = None) -> list:
+def _steps(command: str, fused: bool, prepared, model: str | None = None,
+           adapt_args: dict | None = None) -> list:
     """The stage functions a command runs, in order; each returns a list of StageRun."""
     from jobs import embed as embed_job
     from jobs import faces as faces_job
@@ -117,11 +119,27 @@ def _steps(command: str, fused: bool, prepared, model: str | None = None) -> lis
     faces = [lambda cfg, run_id: [faces_job.run(cfg, run_id)]]
     embed = [lambda cfg, run_id: [embed_job.run(cfg, run_id)]]
     train = [functools.partial(_train, strict_data=command == "train")]
+    adapt = [functools.partial(_adapt, strict_data=command == "adapt", **(adapt_args or {}))]
     return {"ingest": ingest, "faces": faces, "embed": [embed_job.run_fused] if fused else embed,
-            "train": train, "predict": [functools.partial(_predict, model=model)],
+            "train": train, "adapt": adapt, "predict": [functools.partial(_predict, model=model)],
             "report": [_report],
-            "run": ingest + [embed_job.run_fused] + train + [_report],
-            "demo": ingest + [embed_job.run_fused] + train + [_report]}[command]
+            "run": ingest + [embed_job.run_fused] + train + adapt + [_report],
+            "demo": ingest + [embed_job.run_fused] + train + adapt + [_report]}[command]
+
+
+def _adapt(cfg: Config, run_id: str, strict_data: bool, methods: tuple[str, ...] | None = None,
+           subjects: tuple[str, ...] | None = None) -> list[StageRun]:
+    """Test-time adaptation of every target subject; nothing to adapt is an error for
+    `autt adapt` and a note for `autt run` / `autt demo`."""
+    from jobs import adapt as adapt_job
+
+    try:
+        return adapt_job.run(cfg, run_id, methods, subjects)
+    except adapt_job.AdaptSkipped as exc:
+        if strict_data:
+            raise UserError(f"cannot adapt: {exc}") from exc
+        print(f"adaptation skipped: {exc}", file=sys.stderr)
+        return [StageRun(stage="adapt", extra={"skipped_because": str(exc)})]
 
 
 def _report(cfg: Config, run_id: str) -> list[StageRun]:

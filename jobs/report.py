@@ -1,7 +1,8 @@
 """`autt report --out OUT`: committed predictions -> OUT/results/ tables and OUT/report/.
 
 In: the workspace's committed manifest (labels are joined here and only here),
-predictions, AU activations, stage statistics and text features. Out: the results tables
+predictions and adaptation rows (one schema), AU activations, stage statistics and text
+features. Out: the results tables
 (Parquet, explicit schemas, lineage in their metadata) in OUT/results/, and a static
 OUT/report/index.html with its PNGs and the same tables beside it, which opens from disk
 with no server. The report is rebuilt whole on every call (it is derived, and cheap): it is
@@ -37,6 +38,8 @@ def run(cfg: Config, run_id: str) -> str:
         raise NothingToReport(f"no predictions in {ws.root} yet: run `autt train` first")
     manifest = ws.read_table("manifest").to_pandas()
     predictions = ws.read_table("predictions").to_pandas()
+    if ws.markers("adaptation"):  # the same schema: every step of every adaptation unit
+        predictions = pd.concat([predictions, ws.read_table("adaptation").to_pandas()], ignore_index=True)
     classes = json.loads(io.read_text(ws.url("manifest", "_classes.json")))
     backbones = sorted(set(predictions["backbone_id"]))
     models = ws.read_table("models").to_pandas() if ws.markers("models") else pd.DataFrame()

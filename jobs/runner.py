@@ -91,16 +91,18 @@ def ray_session(run: RunConfig):
     return ray.shutdown
 
 
-def _resources(run: RunConfig, n_todo: int, wants_gpu: bool) -> tuple[int, float, float]:
-    """(workers, cpus per worker, gpus per worker) from the cluster."""
+def _resources(run: RunConfig, n_todo: int, wants_gpu: bool | float) -> tuple[int, float, float]:
+    """(workers, cpus per worker, gpus per worker) from the cluster. ``wants_gpu``: True for
+    a whole GPU per worker, a fraction in (0, 1) to share each GPU between workers."""
     import ray
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
     if wants_gpu and gpus >= 1:
-        n = run.workers or int(gpus)
+        share = 1.0 if wants_gpu is True else float(wants_gpu)
+        n = run.workers or int(gpus / share)
         n = max(1, min(n, n_todo))
-        return n, max(0.5, min(cpus / n, 4.0) * 0.9), 1.0
+        return n, max(0.5, min(cpus / n, 4.0) * 0.9), share
     n = max(1, min(run.workers or int(cpus), n_todo))
     per = cpus / n
     # Slightly under a whole share, so a driver-side task or a restarted actor still fits.
@@ -109,7 +111,7 @@ def _resources(run: RunConfig, n_todo: int, wants_gpu: bool) -> tuple[int, float
 
 def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
                fingerprints: dict[str, dict[str, Fingerprint]], run_id: str, run: RunConfig,
-               *, wants_gpu: bool = False, primary: str | None = None) -> StageRun:
+               *, wants_gpu: bool | float = False, primary: str | None = None) -> StageRun:
     """Execute ``plan.todo`` shards; ``fingerprints[shard][table]``."""
     result = StageRun(stage=name, skipped=len(plan.skip))
     todo = plan.todo

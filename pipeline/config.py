@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline import io
+from pipeline.adapt.config import AdaptSection
 from pipeline.config_core import (
     ConfigError,
     apply_overrides,
@@ -101,6 +102,7 @@ class Config:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    adapt: AdaptSection = field(default_factory=AdaptSection)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 

@@ -368,6 +368,8 @@ def _merge_samples(marker: dict | None, new: dict | None, redo: set[str] | None)
 
 
 def _sort_keys(table: pa.Table) -> pa.Array:
+    if "sample_id" not in table.schema.names:  # a per-unit table: one row, nothing to order
+        return pa.array(range(table.num_rows), pa.int64())
     keys = [("sample_id", "ascending")]
     if "frame_index" in table.schema.names:
         keys.append(("frame_index", "ascending"))
@@ -377,11 +379,12 @@ def _sort_keys(table: pa.Table) -> pa.Array:
 def _write_errors(ws, stage, rel: str, shard_id, data: pa.Table, extra: list[dict], run_id: str,
                   meta: dict) -> None:
     """The unit's failed rows: rows of ``data`` with a failure status, plus ``extra`` items
-    (in a retry, ``data`` holds the kept rows too, so their failures stay recorded)."""
+    (in a retry, ``data`` holds the kept rows too, so their failures stay recorded). A
+    per-unit table (no ``sample_id``) adds none: its samples' rows say it already."""
     from schemas import get
 
     schema = get("errors")
-    if "status" in data.schema.names:
+    if "status" in data.schema.names and "sample_id" in data.schema.names:
         mask = pa.compute.is_in(data.column("status"),
                                 value_set=pa.array(sorted(stage.failure_statuses), pa.string()))
         failed = data.filter(mask)

@@ -5,7 +5,8 @@ Status vocabularies (column ``status``):
 - faces: ok | filled | no_face | decode_error | bad_frame
 - errors: any non-ok status of any stage
 - models: ok | failed
-- predictions: ok | insufficient_faces | failed
+- predictions, adaptation: ok | insufficient_faces | failed
+- adapt_units: ok | failed | no_clips
 """
 
 from __future__ import annotations
@@ -143,6 +144,30 @@ AU_ACTIVATIONS = _table("au_activations", 1, [
     pa.field("activations", pa.list_(pa.float32()), nullable=False),  # K values, 5 x cosine
 ])
 
+# Test-time adaptation (one unit per model, method, target subject and seed): the
+# predictions schema, one row per target sample and step (0 = before any update, the
+# final prediction again with step null), ``window_start`` the window each clip chose.
+ADAPTATION = _table("adaptation", 1, list(PREDICTIONS))
+
+# One row per adaptation unit: what it adapted and how long it took.
+ADAPT_UNITS = _table("adapt_units", 1, [
+    pa.field("unit_id", pa.string(), nullable=False),
+    pa.field("model_id", pa.string()),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("subject_id", pa.string(), nullable=False),
+    pa.field("fold", pa.int16()),
+    pa.field("seed", pa.int32()),
+    pa.field("backbone_id", pa.string(), nullable=False),
+    pa.field("n_samples", pa.int32(), nullable=False),          # target samples of the subject
+    pa.field("n_clips", pa.int32(), nullable=False),            # of them, clips adapted on
+    pa.field("steps", pa.int16(), nullable=False),              # updates made
+    pa.field("final_step", pa.int16()),                         # trajectory row of the final prediction
+    pa.field("losses", pa.list_(pa.float32())),                 # objective at every step (CLIP-AUTT)
+    pa.field("seconds", pa.map_(pa.string(), pa.float64())),    # setup, steps, per_step, total
+    pa.field("device", pa.string()),
+    *STATUS,
+])
+
 TABLES: dict[str, pa.Schema] = {
     "manifest": MANIFEST,
     "faces": FACES,
@@ -151,6 +176,8 @@ TABLES: dict[str, pa.Schema] = {
     "models": MODELS,
     "predictions": PREDICTIONS,
     "au_activations": AU_ACTIVATIONS,
+    "adaptation": ADAPTATION,
+    "adapt_units": ADAPT_UNITS,
 }
 
 EMBEDDINGS_VERSION = 1

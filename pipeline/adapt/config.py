@@ -56,3 +56,57 @@ class AdaptConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+ADAPT_METHODS = (METHOD, REFERENCE_METHOD, ZERO_STEP_METHOD, "tta-cap-frozen", "tpt")
+MODEL_METHODS = (METHOD, REFERENCE_METHOD, ZERO_STEP_METHOD)  # adapt a trained CLIP-AU head
+
+
+@dataclass(frozen=True)
+class AdaptSection:
+    """The ``adapt`` config section: which methods adapt every target subject, and how.
+
+    The number of steps and the window length come from ``protocol.tta_steps`` and
+    ``protocol.window``; these settings and those are part of every unit's fingerprint,
+    except the runtime ones (``device``, ``max_retries``, ``gpus_per_unit``)."""
+
+    methods: tuple[str, ...] = (METHOD, ZERO_STEP_METHOD, "tta-cap-frozen", "tpt")
+    lr: float = 1e-3  # AdamW learning rate of the context
+    weight_decay: float = 1e-4  # AdamW weight decay
+    fast: bool = True  # truncated causal text path (within 1e-5 of the full context)
+    chunk_size: int = 0  # clips per head forward, gradients accumulated; 0 = all at once
+    text_precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # text forward on CUDA; CPU: fp32
+    clip_len: int = 20  # clip-autt-reference: frames of its random segments
+    n_ctx: int = 4  # clip-autt-reference: context vectors of its prompt
+    device: str = "auto"  # workers' torch device: auto (cuda where the worker has one) | cpu | cuda
+    gpus_per_unit: float = 0.25  # fraction of a GPU per adaptation worker where the cluster has GPUs
+    max_retries: int = 2  # a unit that fails is retried this many times, then recorded failed
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in ADAPT_METHODS]
+        if bad or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"adapt.methods must be distinct names from {ADAPT_METHODS}, got "
+                             f"{list(self.methods)}")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ValueError(f"adapt.lr must be > 0 and adapt.weight_decay >= 0, got {self.lr!r}, "
+                             f"{self.weight_decay!r}")
+        for name in ("clip_len", "n_ctx"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"adapt.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.chunk_size < 0 or self.max_retries < 0:
+            raise ValueError(f"adapt.chunk_size and adapt.max_retries must be >= 0, got "
+                             f"{self.chunk_size!r}, {self.max_retries!r}")
+        if self.text_precision not in TEXT_PRECISIONS:
+            raise ValueError(f"adapt.text_precision must be one of {TEXT_PRECISIONS}, got "
+                             f"{self.text_precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"adapt.device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0 < self.gpus_per_unit <= 1:
+            raise ValueError(f"adapt.gpus_per_unit must be in (0, 1], got {self.gpus_per_unit!r}")
+
+    def library_config(self, method: str, steps: int, window: int, seed: int) -> AdaptConfig:
+        """The ``AdaptConfig`` of one CLIP-AUTT unit."""
+        return AdaptConfig(steps=0 if method == ZERO_STEP_METHOD else steps, window=window, lr=self.lr,
+                           weight_decay=self.weight_decay, reference=method == REFERENCE_METHOD,
+                           fast=self.fast, chunk_size=self.chunk_size, text_precision=self.text_precision,
+                           clip_len=self.clip_len, n_ctx=self.n_ctx, seed=seed)

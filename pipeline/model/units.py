@@ -161,6 +161,31 @@ class _TargetStage:
     def redo(self, ws, unit, rows, committed, mode) -> set[str]:
         return set(rows["sample_id"])  # cheap: a changed input redoes the whole unit
 
+    def source_clips(self, ws: Workspace, source) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The evaluation clips of ``source`` subjects' labelled samples with enough face
+        frames, with their subject ids and class indices (labels of source subjects only);
+        None when there is none."""
+        rows = labelled_rows(ws, list(source))
+        seqs = read_sequences(ws, self.ctx.backbone_id, list(source), set(rows["sample_id"]))
+        keep = [s in seqs.vectors and len(seqs.vectors[s]) >= self.ctx.min_face_frames
+                for s in rows["sample_id"]]
+        rows = rows[keep]
+        vecs = [seqs.vectors[s].astype(np.float32) for s in rows["sample_id"]]
+        if not vecs:
+            return None
+        idx = clip_indices(np.array([len(v) for v in vecs]), self.ctx.clip_len, self.ctx.stride)
+        return gather_clips(vecs, idx), rows["subject_id"].to_numpy(), rows["label_index"].to_numpy()
+
+    def _begin(self, rows: dict) -> tuple[str, ModelSpec, np.ndarray, np.ndarray]:
+        """The unit these rows belong to, its spec, and per sample its face frames and
+        whether that is enough; torch threads set to the worker's."""
+        import torch
+
+        unit = str(rows["_unit"][0]) if len(rows["_unit"]) else next(iter(self.units))
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        return (unit, self.units[unit], *self._split(rows))
+
     def _split(self, rows: dict) -> tuple[np.ndarray, np.ndarray]:
         n_faces = np.array([0 if s is None else len(s) for s in rows["_seq"]], dtype=np.int64)
         return n_faces, n_faces >= self.ctx.min_face_frames
@@ -205,16 +230,10 @@ class PredictStage(_TargetStage):
         self.checkpoints = checkpoints  # model id -> checkpoint folder URL
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
-        import torch
-
         from pipeline.model.checkpoint import load_checkpoint
         from pipeline.model.train import predict
 
-        unit = str(rows["_unit"][0]) if len(rows["_unit"]) else next(iter(self.units))
-        spec = self.units[unit]
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        n_faces, ok = self._split(rows)
+        unit, spec, n_faces, ok = self._begin(rows)
         head, _ = load_checkpoint(self.checkpoints[spec.model_id])
         seqs = [rows["_seq"][i].astype(np.float32) for i in np.flatnonzero(ok)]
         if seqs:
@@ -246,9 +265,7 @@ class BaselineStage(_TargetStage):
     outputs = ("predictions",)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
-        unit = str(rows["_unit"][0]) if len(rows["_unit"]) else next(iter(self.units))
-        spec = self.units[unit]
-        n_faces, ok = self._split(rows)
+        unit, spec, n_faces, ok = self._begin(rows)
         clips, _ = self._clips(rows, ok)
         feats = bl.clip_features(clips)
         text = self.ctx.text
@@ -291,16 +308,8 @@ class BaselineStage(_TargetStage):
     def _source_au_cosines(self, ws: Workspace, spec: ModelSpec):
         """AU cosines of the fold's source evaluation clips and their labels (labels of
         source subjects only)."""
-        if not spec.source:
+        source = self.source_clips(ws, spec.source) if spec.source else None
+        if source is None:
             return None
-        rows = labelled_rows(ws, list(spec.source))
-        seqs = read_sequences(ws, self.ctx.backbone_id, list(spec.source), set(rows["sample_id"]))
-        keep = [s in seqs.vectors and len(seqs.vectors[s]) >= self.ctx.min_face_frames
-                for s in rows["sample_id"]]
-        rows = rows[keep]
-        src = [seqs.vectors[s].astype(np.float32) for s in rows["sample_id"]]
-        if not src:
-            return None
-        idx = clip_indices(np.array([len(v) for v in src]), self.ctx.clip_len, self.ctx.stride)
-        feats = bl.clip_features(gather_clips(src, idx))
-        return bl.cosines(feats, self.ctx.text.au), rows["label_index"].to_numpy()
+        clips, _, labels = source
+        return bl.cosines(bl.clip_features(clips), self.ctx.text.au), labels
