@@ -113,12 +113,14 @@ def test_text_features_are_float32_au_and_class_prompts(demo):
 def test_rerun_does_no_work_and_status_reports_it(demo):
     out, _ = demo
     before = {t: Workspace(str(out)).markers(t)
-              for t in ("manifest", "faces", EMB, "models", "predictions", "au_activations")}
+              for t in ("manifest", "faces", EMB, "models", "predictions", "au_activations", "adaptation",
+                        "adapt_units")}
     again = autt("demo", "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[ingest] nothing to do (6 shard(s) already done)" in again.stderr
     assert "[faces+embed] nothing to do (6 shard(s) already done)" in again.stderr
     assert "[train] nothing to do" in again.stderr and "[baselines] nothing to do" in again.stderr
+    assert "[adapt] nothing to do (8 shard(s) already done)" in again.stderr
     assert {t: Workspace(str(out)).markers(t) for t in before} == before
     status = autt("status", "--out", str(out))
     assert status.returncode == 0
@@ -158,4 +160,24 @@ def test_demo_ends_with_the_report(demo):
     assert images and all((page.parent / src).is_file() for src in images)
     metrics = pd.read_parquet(out / "results" / "subject_metrics.parquet")
     assert {(m, s) for m, s in zip(metrics["method"], metrics["subject_id"])} >= {
-        (m, s) for m in ("clip-au", "zero-shot", "pn-prompts", "au-probe") for s in ("s05", "s06")}
+        (m, s) for m in ("clip-au", "zero-shot", "pn-prompts", "au-probe", "clip-autt", "clip-au+windows",
+                         "tta-cap-frozen", "tpt") for s in ("s05", "s06")}
+    assert (out / "report" / "adaptation.png").is_file()  # the per-step trajectories
+
+
+def test_demo_adapts_every_target_subject_with_every_method(demo):
+    out, result = demo
+    ws = Workspace(str(out))
+    units = ws.read_table("adapt_units").to_pandas()
+    assert len(units) == 8 and (units["status"] == "ok").all()  # 4 methods x 2 target subjects
+    assert set(units["subject_id"]) == {"s05", "s06"}
+    rows = ws.read_table("adaptation").to_pandas()
+    final = rows[rows["step"].isna()]
+    man = ws.read_table("manifest").to_pandas()
+    targets = set(man.loc[man["role"] == "target", "sample_id"])
+    for method in ("clip-autt", "clip-au+windows", "tta-cap-frozen", "tpt"):
+        got = final[final["method"] == method]
+        assert set(got["sample_id"]) == targets and (got["status"] == "ok").all(), method
+    steps = rows[(rows["method"] == "clip-autt") & rows["step"].notna()]
+    assert sorted(steps["step"].unique()) == list(range(11))  # 10 updates: steps 0..10
+    assert "[adapt clip-autt." in result.stderr  # adaptation shows progress
