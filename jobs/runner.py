@@ -127,7 +127,8 @@ def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
                 summary = worker.run(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id,
                                      run.strict)
             except Exception as exc:  # a failed shard must not stop the others
-                _record_failure(run, ws, run_id, name, shard, result, _one_line(exc),
+                _record_failure(run, ws, run_id, name, shard, result, _one_line(exc), primary or
+                                next(iter(fingerprints[shard])),
                                 "".join(traceback.format_exception(exc)))
                 if run.strict:
                     break  # --strict: the first fault aborts the command
@@ -174,7 +175,8 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
             except ray.exceptions.RayError as exc:
                 cause = getattr(exc, "cause", None)  # a task error: the worker's exception
                 line = _one_line(cause if isinstance(cause, Exception) else exc)
-                _record_failure(run, ws, run_id, name, shard, result, line, _ray_text(exc))
+                _record_failure(run, ws, run_id, name, shard, result, line,
+                                primary or next(iter(fingerprints[shard])), _ray_text(exc))
                 if run.strict:
                     queue.clear()  # --strict: start nothing more; shards in flight finish
                 if isinstance(exc, ray.exceptions.RayActorError):
@@ -206,13 +208,16 @@ def _ray_text(exc: BaseException) -> str:
 
 
 def _record_failure(run: RunConfig, ws: Workspace, run_id: str, name: str, shard: str,
-                    result: StageRun, line: str, full: str) -> None:
-    """Keep the one-line message for the summary; append the full text to the run's errors
-    log (rewritten whole, atomically: failures are few) and point to it."""
+                    result: StageRun, line: str, table: str, full: str) -> None:
+    """Keep the one-line message for the summary and in a note beside the unit's table (for
+    `autt status`, until the unit commits); append the full text to the run's errors log
+    (rewritten whole, atomically: failures are few) and point to it."""
     result.failed[shard] = line
     url = errors_log_url(ws, run_id)
     when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     try:
+        ws.record_failure(table, shard, {"stage": name, "unit": shard, "error": line, "run_id": run_id,
+                                         "at": when, "traceback_in": url})
         old = io.read_text(url) if io.exists(url) else ""
         io.write_text_atomic(url, f"{old}==== [{name}] shard {shard} failed at {when}\n"
                                   f"{full.rstrip()}\n\n")

@@ -62,4 +62,22 @@ def main(root: str) -> int:
         missing = "-" if r["shards_missing"] is None else r["shards_missing"]
         print(f"{r['table']:<38} {r['shards_done']:>11} {missing:>8} "
               f"{r['samples_in']:>8} {r['rows']:>8} {r['failed']:>7}  {shown}")
+    failures = failed_units(root)
+    if failures:
+        print(f"\nunits whose last attempt failed ({len(failures)}; rerun the command to retry them):")
+        for f in failures:
+            print(f"  {f['table']:<14} {f['unit']}: {f['error']} (run {f['run_id']}, {f['at']})")
     return 0
+
+
+def failed_units(root: str) -> list[dict]:
+    """Units not committed whose last attempt failed, with their error (from the notes the
+    runner leaves beside each table; a commit removes them)."""
+    from schemas import TABLES
+
+    ws = Workspace(root)
+    out = []
+    for table in sorted(set(ws.tables()) | set(TABLES)):
+        for unit, info in ws.failures(table).items():
+            out.append({"table": table, "unit": unit, **{k: info.get(k) for k in ("error", "run_id", "at")}})
+    return out

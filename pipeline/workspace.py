@@ -136,6 +136,7 @@ class Workspace:
                 io.write_text_atomic(self.marker_url(table, unit), json.dumps(pointer))
         record = {**entries[primary], **({"tables": {t: entries[t] for t in others}} if others else {})}
         io.write_text_atomic(self.marker_url(primary, unit), json.dumps(record, indent=1))
+        io.remove(self.failure_url(primary, unit))  # an earlier failure is over
         keep = {rel for e in entries.values() for rel in e["files"].values()}
         for old in previous.values():
             for rel in (old or {}).get("files", {}).values():
@@ -144,6 +145,23 @@ class Workspace:
                     folder = rel.rsplit("/", 1)[0]
                     if folder.rsplit("/", 1)[-1].startswith(f"{unit}.a"):  # an extra file's folder
                         io.remove(self.url(*folder.split("/")))
+
+    def failure_url(self, table: str, unit: str) -> str:
+        return self.url(table, "_failed", f"{unit}.json")
+
+    def record_failure(self, table: str, unit: str, info: dict) -> None:
+        """Note that the last attempt at ``unit`` failed (what `autt status` lists); the
+        unit's next commit removes the note."""
+        io.write_text_atomic(self.failure_url(table, unit), json.dumps(info, indent=1))
+
+    def failures(self, table: str) -> dict[str, dict]:
+        """Units of ``table`` whose last attempt failed and that are not committed since."""
+        folder = self.url(table, "_failed")
+        out = {}
+        for name in sorted(io.listdir(folder)) if io.isdir(folder) else []:
+            if name.endswith(".json") and not name.startswith(io.TMP_PREFIX):
+                out[name[:-len(".json")]] = json.loads(io.read_text(io.join(folder, name)))
+        return out
 
     def remove_orphans(self, table: str, unit: str, keep: dict | None) -> None:
         """Remove files of earlier attempts at ``unit`` that no marker names (an attempt

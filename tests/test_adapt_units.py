@@ -185,13 +185,19 @@ def test_a_failing_unit_is_recorded_while_the_others_finish_and_a_rerun_redoes_i
     assert len(done) == 6 and not any(u.startswith("tpt.") for u in done)
     log = next((ws_copy / "runs").glob("*/errors.log")).read_text()
     assert "tpt." in log and "InjectedFault" in log
-    monkeypatch.delenv("AUTT_FAULT")
     capsys.readouterr()
+    assert cli(["status", "--out", str(ws_copy)]) == 0
+    listed = capsys.readouterr().out
+    assert "units whose last attempt failed (2" in listed and "InjectedFault" in listed
+    assert all(f"tpt.autt-tiny__random-s0.{s}: InjectedFault" in listed for s in ("s04", "s05"))
+    monkeypatch.delenv("AUTT_FAULT")
     assert autt(ws_copy, "adapt") == 0
     after = ws.markers("adaptation")
     assert len(after) == 8 and all(after[u] == m for u, m in done.items())  # only tpt ran again
+    capsys.readouterr()
     assert cli(["status", "--out", str(ws_copy)]) == 0
-    assert "adaptation" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "adaptation" in listed and "failed" in listed and "units whose last attempt failed" not in listed
 
 
 def test_nothing_to_adapt_is_a_clear_error(micro, tmp_path, capsys):
