@@ -1,7 +1,8 @@
 """`autt adapt`: every target subject adapted, without labels, by every adaptation method.
 
 In: a workspace with committed embeddings, text features and CLIP-AU models (`autt train`),
-or one checkpoint given with ``--model``. Out: OUT/adaptation/ (per target sample and step,
+or one checkpoint given with ``--model`` (e.g. an imported reference checkpoint), which then
+adapts the target subjects of the fixed split. Out: OUT/adaptation/ (per target sample and step,
 the predictions schema; the adapted contexts in each unit's own folder) and
 OUT/adapt_units/ (per unit: steps, losses, timings). One unit of work per (model, method,
 target subject, seed) — TTA-CaP and TPT have no model, and no seed (they are
@@ -21,7 +22,8 @@ from urllib.parse import quote
 
 from jobs.runner import StageRun, run_shards
 from pipeline import config as cfgmod
-from pipeline.adapt.config import MODEL_METHODS
+from pipeline import io
+from pipeline.adapt.config import METHOD, MODEL_METHODS, REFERENCE_METHOD, ZERO_STEP_METHOD
 from pipeline.config import Config
 from pipeline.model import data
 from pipeline.shards import Fingerprint, plan
@@ -50,83 +52,140 @@ def unit_name(method: str, *parts: str) -> str:
     return ".".join([method.replace("+", "-"), *(quote(str(p), safe="-_") for p in parts)])
 
 
-def prepare(cfg: Config, methods: tuple[str, ...] | None = None,
-            subjects: tuple[str, ...] | None = None) -> AdaptSetup:
+@dataclasses.dataclass
+class _Models:
+    """Where the CLIP-AU models come from: this workspace's training, or one checkpoint."""
+
+    ws: object
+    ctx: object
+    folds: list
+    models: dict  # model id -> (fold number, seed, fingerprint value)
+    checkpoints: dict  # model id -> checkpoint folder URL
+    notes: list
+
+
+def _trained(cfg: Config) -> _Models:
     from jobs import train as train_job
-    from pipeline.adapt.tpt import TPTConfig
-    from pipeline.adapt.tta_cap import TTACaPConfig
-    from pipeline.adapt.units import AdaptSpec
 
     try:
         s = train_job.prepare(cfg)
     except train_job.TrainingSkipped as exc:
         raise AdaptSkipped(str(exc)) from exc
+    done = s.ws.markers("models")
+    models, checkpoints, notes = {}, {}, []
+    for model_id, spec in s.specs.items():
+        fp = s.train_fps[model_id]["models"].value
+        if model_id in done and done[model_id]["fingerprint"] == fp:
+            models[model_id] = (spec.fold, spec.seed, fp)
+            checkpoints[model_id] = s.ws.files("models", model_id, done[model_id])["checkpoint"]
+        else:
+            notes.append(f"model {model_id} is not trained (with today's settings): its CLIP-AUTT units wait")
+    return _Models(s.ws, s.ctx, s.folds, models, checkpoints, notes)
+
+
+def _external(cfg: Config, model_path: str) -> _Models:
+    """``--model PATH``: that checkpoint adapts the target subjects of the fixed split."""
+    from jobs import predict as predict_job
+    from pipeline.model.folds import FoldError, make_folds
+
+    try:
+        ext = predict_job.external_model(cfg, model_path)
+    except predict_job.PredictError as exc:
+        raise AdaptSkipped(f"--model {model_path}: {exc}") from exc
+    from jobs.embed import driver_backbone
+
+    bb = driver_backbone(cfg.embed)  # its text tower adapts: it must be the cache's backbone
+    if bb.backbone_id != ext.ctx.backbone_id:
+        raise AdaptSkipped(f"--model {model_path} was made for backbone {ext.ctx.backbone_id!r}; the embed "
+                           f"settings name {bb.backbone_id!r}: set embed.model and embed.weights to it")
+    try:
+        folds = make_folds(data.subject_table(ext.ws), "fixed")
+    except FoldError as exc:
+        raise AdaptSkipped(str(exc)) from exc
+    seed = int(ext.info.train_config.get("seed", 0) or 0)
+    return _Models(ext.ws, ext.ctx, folds, {ext.model_id: (0, seed, ext.weights_sha)},
+                   {ext.model_id: io.absolute(model_path)}, [])
+
+
+def _usable(method: str, bank: str) -> str | None:
+    """Why ``method`` cannot adapt models of this AU bank (None: it can)."""
+    if method in (METHOD, ZERO_STEP_METHOD) and bank == "reference":
+        return "the reference AU bank has no template prefix: it adapts only with clip-autt-reference"
+    if method == REFERENCE_METHOD and bank != "reference":
+        return "clip-autt-reference reproduces the public code's prompts: it needs prompts.bank=reference"
+    return None
+
+
+def prepare(cfg: Config, methods: tuple[str, ...] | None = None,
+            subjects: tuple[str, ...] | None = None, model_path: str | None = None) -> AdaptSetup:
+    from pipeline.adapt.tpt import TPTConfig
+    from pipeline.adapt.tta_cap import TTACaPConfig
+    from pipeline.adapt.units import AdaptSpec
+
+    m = _external(cfg, model_path) if model_path else _trained(cfg)
     methods = tuple(methods or cfg.adapt.methods)
-    p, ws, ctx = cfg.protocol, s.ws, s.ctx
+    p, ws, ctx, notes = cfg.protocol, m.ws, m.ctx, list(m.notes)
     present = set(data.sample_rows(ws)["subject_id"].astype(str))
     if subjects:
         unknown = sorted(set(subjects) - present)
         if unknown:
             raise AdaptSkipped(f"--subjects {unknown}: no ok samples of them in {ws.root}")
+    for method in methods:
+        why = _usable(method, cfg.prompts.bank)
+        if why:
+            notes.append(f"{method}: {why}")
+    model_methods = [x for x in methods if x in MODEL_METHODS and not _usable(x, cfg.prompts.bank)]
     digests, emb_hash = data.input_digests(ws, ctx.backbone_id)
-    models = ws.markers("models")
-    ready = {u: models[u] for u in s.specs
-             if u in models and models[u]["fingerprint"] == s.train_fps[u]["models"].value}
-    checkpoints = {u: ws.files("models", u, m)["checkpoint"] for u, m in ready.items()}
     settings = {k: v for k, v in cfgmod.to_dict(cfg.adapt).items() if k not in RUNTIME_KEYS}
     base = {"adapt": settings, "steps": p.tta_steps, "window": p.window, "clip_len": p.clip_len,
             "stride": p.stride, "min_face_frames": p.min_face_frames,
             "prompts": cfgmod.to_dict(cfg.prompts), "classes": list(ctx.classes)}
     common = {"text": ctx.text.digest, "embeddings_config": emb_hash, "weights": ctx.weights_digest}
-    units, fps, notes = {}, {}, []
-    for fold in s.folds:
+    units, fps = {}, {}
+
+    def add(unit: str, spec, fp: Fingerprint) -> None:
+        units[unit] = spec
+        fps[unit] = {"adaptation": fp, "adapt_units": fp}
+
+    for fold in m.folds:
         targets = [t for t in fold.targets if t in present and (not subjects or t in subjects)]
         rows = data.labelled_rows(ws, list(fold.source))
         source = data.digest_of([(x, int(y), digests.get(x))
                                  for x, y in zip(rows["sample_id"], rows["label_index"])])
+        if "tta-cap-frozen" in methods and targets and not len(rows):
+            notes.append(f"tta-cap-frozen, fold {fold.name}: no labelled source subject lends prototypes")
         for subject in targets:
             sample_ids = data.sample_rows(ws, [subject])["sample_id"]
-            target = data.digest_of([(x, digests.get(x)) for x in sample_ids])
-            inputs = {"targets": target, **common}
-            for model_id, spec in s.specs.items():
-                if spec.fold != fold.fold:
-                    continue
-                for method in (m for m in methods if m in MODEL_METHODS):
-                    if model_id not in ready:
-                        notes.append(f"{method} of {subject}: model {model_id} is not trained")
-                        continue
+            inputs = {"targets": data.digest_of([(x, digests.get(x)) for x in sample_ids]), **common}
+            for model_id, (fold_no, seed, model_fp) in m.models.items():
+                for method in (model_methods if fold_no == fold.fold else ()):
                     unit = unit_name(method, model_id, subject)
-                    units[unit] = AdaptSpec(unit, method, subject, model_id, fold.fold, spec.seed)
-                    fp = Fingerprint(config={**base, "method": method, "seed": spec.seed},
-                                     inputs={"model": s.train_fps[model_id]["models"].value, **inputs})
-                    fps[unit] = {"adaptation": fp, "adapt_units": fp}
-            if "tta-cap-frozen" in methods:
+                    add(unit, AdaptSpec(unit, method, subject, model_id, fold.fold, seed),
+                        Fingerprint(config={**base, "method": method, "seed": seed},
+                                    inputs={"model": model_fp, **inputs}))
+            if "tta-cap-frozen" in methods and len(rows):
                 unit = unit_name("tta-cap-frozen", ctx.backbone_id, fold.name, subject)
-                units[unit] = AdaptSpec(unit, "tta-cap-frozen", subject, None, fold.fold, None,
-                                        tuple(fold.source))
-                fp = Fingerprint(config={**base, "method": "tta-cap-frozen",
-                                         "tta_cap": TTACaPConfig().to_dict()},
-                                 inputs={"source": source, **inputs})
-                fps[unit] = {"adaptation": fp, "adapt_units": fp}
+                spec = AdaptSpec(unit, "tta-cap-frozen", subject, None, fold.fold, None, tuple(fold.source))
+                add(unit, spec, Fingerprint(config={**base, "method": spec.method,
+                                                    "tta_cap": TTACaPConfig().to_dict()},
+                                            inputs={"source": source, **inputs}))
             if "tpt" in methods:
                 unit = unit_name("tpt", ctx.backbone_id, subject)
-                units[unit] = AdaptSpec(unit, "tpt", subject, None, fold.fold, None)
-                fp = Fingerprint(config={**base, "method": "tpt", "tpt": TPTConfig().to_dict()},
-                                 inputs=inputs)
-                fps[unit] = {"adaptation": fp, "adapt_units": fp}
+                add(unit, AdaptSpec(unit, "tpt", subject, None, fold.fold, None),
+                    Fingerprint(config={**base, "method": "tpt", "tpt": TPTConfig().to_dict()}, inputs=inputs))
     if not units:
         why = "; ".join(sorted(set(notes))) or "no target subject with ok samples in any fold"
         raise AdaptSkipped(f"nothing to adapt: {why}")
-    return AdaptSetup(ws, ctx, units, fps, checkpoints, sorted(set(notes)))
+    return AdaptSetup(ws, ctx, units, fps, m.checkpoints, sorted(set(notes)))
 
 
 def run(cfg: Config, run_id: str, methods: tuple[str, ...] | None = None,
-        subjects: tuple[str, ...] | None = None) -> list[StageRun]:
+        subjects: tuple[str, ...] | None = None, model_path: str | None = None) -> list[StageRun]:
     """Plan every unit (refusing changed ones before anything is written), then adapt; a
     unit that fails is retried ``adapt.max_retries`` times, then recorded as failed."""
     from pipeline.adapt.units import AdaptRun
 
-    s = prepare(cfg, methods, subjects)
+    s = prepare(cfg, methods, subjects, model_path)
     for note in s.notes:
         print(f"[adapt] skipped: {note}", file=sys.stderr)
     todo = plan(s.ws, "adaptation", {u: f["adaptation"] for u, f in s.fps.items()},

@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
                        "baselines) from the cache")
     p.add_argument("--methods", help="comma-separated subset of adapt.methods, e.g. clip-autt,tpt")
     p.add_argument("--subjects", help="comma-separated target subjects (default: every target)")
+    p.add_argument("--model", help="adapt with this checkpoint folder (e.g. an imported reference "
+                   "checkpoint) instead of the workspace's trained models")
     _common(p)
     p = sub.add_parser("predict", help="apply a CLIP-AU checkpoint to OUT's samples")
     p.add_argument("--model", required=True, help="checkpoint folder (model.safetensors + model.json)")
@@ -178,7 +180,7 @@ def _adapt_args(args: argparse.Namespace, cfg: Config) -> dict | None:
     if bad:
         raise ConfigError(f"--methods {bad}: unknown; known: {list(ADAPT_METHODS)}")
     subjects = tuple(x.strip() for x in (args.subjects or "").split(",") if x.strip()) or None
-    return {"methods": methods, "subjects": subjects}
+    return {"methods": methods, "subjects": subjects, "model": args.model}
 
 
 def _unlock(out: str, force: bool) -> int:

@@ -128,13 +128,13 @@ def _steps(command: str, fused: bool, prepared, model: str | None = None,
 
 
 def _adapt(cfg: Config, run_id: str, strict_data: bool, methods: tuple[str, ...] | None = None,
-           subjects: tuple[str, ...] | None = None) -> list[StageRun]:
+           subjects: tuple[str, ...] | None = None, model: str | None = None) -> list[StageRun]:
     """Test-time adaptation of every target subject; nothing to adapt is an error for
     `autt adapt` and a note for `autt run` / `autt demo`."""
     from jobs import adapt as adapt_job
 
     try:
-        return adapt_job.run(cfg, run_id, methods, subjects)
+        return adapt_job.run(cfg, run_id, methods, subjects, model)
     except adapt_job.AdaptSkipped as exc:
         if strict_data:
             raise UserError(f"cannot adapt: {exc}") from exc

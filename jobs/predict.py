@@ -11,6 +11,7 @@ reference AU bank and the backbone the embed settings name.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -27,7 +28,18 @@ class PredictError(Exception):
     """The checkpoint or the workspace cannot be used; the message says why."""
 
 
-def run(cfg: Config, run_id: str, model_path: str) -> list[StageRun]:
+@dataclasses.dataclass
+class ExternalModel:
+    ws: Workspace
+    info: object  # CheckpointInfo
+    ctx: Context
+    model_id: str
+    weights_sha: str  # sha256 of model.safetensors, the model's input digest
+
+
+def external_model(cfg: Config, model_path: str) -> ExternalModel:
+    """A checkpoint made elsewhere, checked against the workspace (backbone cached, classes,
+    AU bank); raises PredictError naming each mismatch."""
     from pipeline.model.checkpoint import CheckpointError, CheckpointMismatch, check_compatible, read_checkpoint
 
     ws = Workspace(cfg.run.out)
@@ -46,17 +58,24 @@ def run(cfg: Config, run_id: str, model_path: str) -> list[StageRun]:
     except CheckpointMismatch as exc:
         raise PredictError(str(exc)) from exc
     p = cfg.protocol
-    ctx = Context(info.backbone_id, info.weights_digest, tuple(classes), text, p.clip_len, p.stride,
-                  p.min_face_frames)
-    subjects = tuple(sorted(data.subject_table(ws)["subject_id"].astype(str)))
+    # the digest of the weights the cache was made with (the checkpoint may say "unknown")
+    cached = next(iter(ws.markers(data.text_table(info.backbone_id)).values()))["inputs"]["weights"]
+    ctx = Context(info.backbone_id, cached, tuple(classes), text, p.clip_len, p.stride, p.min_face_frames)
     model_id = str(info.origin.get("model_id") or io.absolute(model_path).rstrip("/").rsplit("/", 1)[-1])
+    meta = json.loads(io.read_text(io.join(model_path, "model.json")))
+    return ExternalModel(ws, info, ctx, model_id, meta["weights"]["sha256"])
+
+
+def run(cfg: Config, run_id: str, model_path: str) -> list[StageRun]:
+    ext = external_model(cfg, model_path)
+    ws, info, ctx, model_id, text, p = ext.ws, ext.info, ext.ctx, ext.model_id, ext.ctx.text, cfg.protocol
+    subjects = tuple(sorted(data.subject_table(ws)["subject_id"].astype(str)))
     unit = f"clip-au.{model_id}.predict"
     digests, emb_hash = data.input_digests(ws, info.backbone_id)
     samples = data.sample_rows(ws, list(subjects))
-    meta = json.loads(io.read_text(io.join(model_path, "model.json")))
     targets = data.digest_of([(s, digests.get(s)) for s in samples["sample_id"]])
     fp = Fingerprint(config={"clip_len": p.clip_len, "stride": p.stride, "min_face_frames": p.min_face_frames},
-                     inputs={"model": meta["weights"]["sha256"], "text": text.digest,
+                     inputs={"model": ext.weights_sha, "text": text.digest,
                              "embeddings_config": emb_hash, "targets": targets})
     fps = {unit: {"predictions": fp, "au_activations": fp}}
     todo = plan(ws, "predictions", {unit: fp}, recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,

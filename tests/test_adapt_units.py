@@ -16,6 +16,7 @@ import schemas
 from jobs.cli import main as cli
 from pipeline import parquet
 from pipeline.workspace import Workspace
+from tests.reference_format import to_reference
 
 SMALL = ["train.epochs=2", "protocol.clip_len=4", "protocol.window=2", "protocol.min_face_frames=2",
          "protocol.tta_steps=3"]
@@ -211,3 +212,42 @@ def test_nothing_to_adapt_is_a_clear_error(micro, tmp_path, capsys):
     assert "nobody" in capsys.readouterr().err
     assert autt(out, "adapt", "--methods", "magic") == 2
     assert "magic" in capsys.readouterr().err
+
+
+def reference_checkpoint(path: Path, d: int, k: int = 46) -> None:
+    """A checkpoint in the public reference code's format (random weights) for width ``d``."""
+    import torch
+
+    from pipeline.model.head import CLIPAUHead, HeadConfig
+
+    torch.manual_seed(0)
+    flat = CLIPAUHead(HeadConfig(embed_dim=d, n_aus=k, n_classes=2)).state_dict()
+    torch.save(to_reference(flat, d), path)
+
+
+def test_reference_recipe_import_then_adapt_with_the_reference_option(micro, tmp_path, capsys):
+    """README's recipe on the micro data: a workspace embedded with the reference bank, the
+    authors'-format checkpoint imported, then `autt adapt --model` with the reference option:
+    its final prediction is the forward before the last update."""
+    out, model = tmp_path / "ref", tmp_path / "ref-model"
+    bank = "prompts.bank=reference"
+    assert autt(out, "ingest", "--manifest", micro["manifest"], "--split", micro["split"],
+                "--classes", "neutral,pain") == 0
+    assert autt(out, "embed", "--fused", bank) == 0
+    reference_checkpoint(tmp_path / "ref.pth", d=32)
+    assert cli(["import-reference", str(tmp_path / "ref.pth"), "--classes", "neutral,pain", "--out",
+                str(model), "embed.model=autt-tiny", "embed.weights=random"]) == 0
+    capsys.readouterr()
+    assert autt(out, "adapt", "--model", str(model), bank, "--methods", "clip-autt") == 2
+    assert "no template prefix" in capsys.readouterr().err
+    assert autt(out, "adapt", "--model", str(model), bank, "--methods", "clip-autt-reference,tpt") == 0
+    t = rows(out, "clip-autt-reference")
+    assert set(t["subject_id"]) == {"s04", "s05"} and (t["status"] == "ok").all()
+    units = Workspace(str(out)).read_table("adapt_units").to_pandas().set_index("method")
+    assert units.loc["clip-autt-reference", "final_step"].tolist() == [2, 2]  # 3 steps: before the 3rd
+    for _, g in t.groupby("sample_id"):
+        final, before_last = g[g["step"].isna()].iloc[0], g[g["step"] == 2].iloc[0]
+        assert np.array_equal(final["probs"], before_last["probs"])
+    before = Workspace(str(out)).markers("adaptation")
+    assert autt(out, "adapt", "--model", str(model), bank, "--methods", "clip-autt-reference,tpt") == 0
+    assert Workspace(str(out)).markers("adaptation") == before  # a rerun does no work

@@ -14,6 +14,7 @@ import pytest
 import schemas
 from jobs.cli import main as cli
 from pipeline.workspace import Workspace
+from tests.reference_format import to_reference
 
 SMALL = ["train.epochs=2", "protocol.clip_len=4", "protocol.window=2", "protocol.min_face_frames=2"]
 TINY = ["embed.model=autt-tiny", "embed.weights=random", "--executor", "local", "--quiet"]
@@ -205,12 +206,7 @@ def test_import_reference_then_predict(micro, tmp_path, capsys):  # noqa: C901
     d, k = 32, 47
     head = CLIPAUHead(HeadConfig(embed_dim=d, n_aus=k, n_classes=2))
     flat = {k_: v for k_, v in head.state_dict().items()}
-    ref = {"text_adapter": {"0.weight": flat["au_adapter.fc1.weight"], "0.bias": flat["au_adapter.fc1.bias"],
-                            "2.weight": flat["au_adapter.fc2.weight"], "2.bias": flat["au_adapter.fc2.bias"]},
-           "temporal": {"weight": flat["temporal.conv.weight"], "bias": flat["temporal.conv.bias"]},
-           "temporal_proj": {"weight": torch.zeros(d, d)},
-           "temporal_classifier": {f"{i}.{w}": flat[f"classifier.fc{j}.{w}"]
-                                   for i, j in ((0, 1), (2, 2)) for w in ("weight", "bias")}}
+    ref = to_reference(flat, d)
     src = tmp_path / "ref.pth"
     torch.save(ref, src)
     out = tmp_path / "imported"
