@@ -92,12 +92,7 @@ def _external(cfg: Config, model_path: str) -> _Models:
         ext = predict_job.external_model(cfg, model_path)
     except predict_job.PredictError as exc:
         raise AdaptSkipped(f"--model {model_path}: {exc}") from exc
-    from jobs.embed import driver_backbone
-
-    bb = driver_backbone(cfg.embed)  # its text tower adapts: it must be the cache's backbone
-    if bb.backbone_id != ext.ctx.backbone_id:
-        raise AdaptSkipped(f"--model {model_path} was made for backbone {ext.ctx.backbone_id!r}; the embed "
-                           f"settings name {bb.backbone_id!r}: set embed.model and embed.weights to it")
+    _same_backbone(cfg, ext.ctx.backbone_id, f"--model {model_path}")
     try:
         folds = make_folds(data.subject_table(ext.ws), "fixed")
     except FoldError as exc:
@@ -105,6 +100,17 @@ def _external(cfg: Config, model_path: str) -> _Models:
     seed = int(ext.info.train_config.get("seed", 0) or 0)
     return _Models(ext.ws, ext.ctx, folds, {ext.model_id: (0, seed, ext.weights_sha)},
                    {ext.model_id: io.absolute(model_path)}, [])
+
+
+def _same_backbone(cfg: Config, backbone_id: str, what: str) -> None:
+    """The text tower that adapts is the one the embed settings name: it must be the
+    backbone ``what`` was made for."""
+    from jobs.embed import driver_backbone
+
+    named = driver_backbone(cfg.embed).backbone_id
+    if named != backbone_id:
+        raise AdaptSkipped(f"{what} was made for backbone {backbone_id!r}; the embed settings name "
+                           f"{named!r}: set embed.model and embed.weights to it")
 
 
 def _usable(method: str, bank: str) -> str | None:
@@ -224,3 +230,68 @@ def describe(s: AdaptSetup) -> str:
     for spec in s.units.values():
         counts[spec.method] = counts.get(spec.method, 0) + 1
     return json.dumps(counts, sort_keys=True)
+
+
+def apply_contexts(cfg: Config, run_id: str, source: str) -> list[StageRun]:
+    """`autt predict --contexts SRC --out OUT`: every CLIP-AUTT context committed in workspace
+    SRC, applied (0 steps, its subject's windows chosen as at the final step) to the samples
+    of the same subject in OUT that it was not adapted on. One unit per context, written to
+    OUT/adaptation like the adaptation itself."""
+    from jobs import predict as predict_job
+    from pipeline.adapt.units import AdaptRun, AdaptSpec
+    from pipeline.workspace import Workspace
+
+    src, out = Workspace(source), Workspace(cfg.run.out)
+    done = {u: m for u, m in src.markers("adaptation").items() if m["config"].get("method") in MODEL_METHODS}
+    if not done:
+        raise AdaptSkipped(f"--contexts {source}: no committed CLIP-AUTT adaptation there")
+    models = src.markers("models")
+    present = data.sample_rows(out)
+    # in the same workspace, the samples a context was adapted on are not "new"
+    adapted_on = (src.read_table("adaptation", columns=["sample_id", "unit_id"]).to_pandas()
+                  .groupby("unit_id")["sample_id"].apply(set).to_dict() if src.root == out.root else {})
+    units, fps, checkpoints, ctx, notes = {}, {}, {}, None, []
+    for unit, marker in sorted(done.items()):
+        files = src.files("adaptation", unit, marker)
+        meta = json.loads(io.read_text(io.join(files["context"], "context.json")))
+        model_id = meta["model_id"]
+        if model_id not in models:
+            notes.append(f"{unit}: its model {model_id} is not in {src.root}")
+            continue
+        checkpoint = src.files("models", model_id, models[model_id])["checkpoint"]
+        try:
+            ext = predict_job.external_model(cfg, checkpoint)
+        except predict_job.PredictError as exc:
+            raise AdaptSkipped(f"--contexts {source}: {exc}") from exc
+        if ctx is None:
+            _same_backbone(cfg, ext.ctx.backbone_id, f"--contexts {source}")
+            ctx = ext.ctx
+        adapted = adapted_on.get(unit, set())
+        mine = present[present["subject_id"] == meta["subject_id"]]["sample_id"]
+        new = [x for x in mine if x not in adapted]
+        if not new:
+            notes.append(f"{unit}: no new sample of subject {meta['subject_id']} in {out.root}")
+            continue
+        digests, emb_hash = data.input_digests(out, ext.ctx.backbone_id)
+        name = f"{unit}.applied"
+        units[name] = AdaptSpec(name, meta["method"], meta["subject_id"], model_id, meta["fold"], meta["seed"],
+                                context=files["context"], exclude=tuple(sorted(adapted)))
+        checkpoints[model_id] = checkpoint
+        p = cfg.protocol
+        fp = Fingerprint(config={"method": meta["method"], "window": p.window, "clip_len": p.clip_len,
+                                 "stride": p.stride, "min_face_frames": p.min_face_frames,
+                                 "adapt": {k: v for k, v in cfgmod.to_dict(cfg.adapt).items()
+                                           if k not in RUNTIME_KEYS}},
+                         inputs={"context": marker["output_digest"], "model": ext.weights_sha,
+                                 "targets": data.digest_of([(x, digests.get(x)) for x in new]),
+                                 "text": ext.ctx.text.digest, "embeddings_config": emb_hash})
+        fps[name] = {"adaptation": fp, "adapt_units": fp}
+    for note in notes:
+        print(f"[predict] skipped: {note}", file=sys.stderr)
+    if not units:
+        raise AdaptSkipped(f"--contexts {source}: nothing to apply ({'; '.join(notes)})")
+    todo = plan(out, "adaptation", {u: f["adaptation"] for u, f in fps.items()}, recompute=cfg.run.recompute,
+                retry_failed=cfg.run.retry_failed, failure_statuses=frozenset({"failed"}), incremental=True)
+    arun = AdaptRun(cfg.adapt, cfg.protocol.tta_steps, cfg.protocol.window, cfg.embed, cfg.prompts)
+    factory = functools.partial(_make_stage, units, ctx, arun, checkpoints, _say if cfg.run.progress else None)
+    return [run_shards("predict", out, factory, todo, fps, run_id, cfg.run, primary="adaptation")]

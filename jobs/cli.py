@@ -71,8 +71,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="adapt with this checkpoint folder (e.g. an imported reference "
                    "checkpoint) instead of the workspace's trained models")
     _common(p)
-    p = sub.add_parser("predict", help="apply a CLIP-AU checkpoint to OUT's samples")
-    p.add_argument("--model", required=True, help="checkpoint folder (model.safetensors + model.json)")
+    p = sub.add_parser("predict", help="apply a CLIP-AU checkpoint, or adapted contexts, to OUT's samples")
+    p.add_argument("--model", help="checkpoint folder (model.safetensors + model.json)")
+    p.add_argument("--contexts", help="a workspace whose committed CLIP-AUTT contexts apply to new "
+                   "samples of the same subjects in OUT")
     _common(p)
     p = sub.add_parser("import-reference",
                        help="convert a reference-code checkpoint into this project's format")
@@ -170,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _adapt_args(args: argparse.Namespace, cfg: Config) -> dict | None:
-    """--methods / --subjects of `autt adapt`, checked against the method vocabulary."""
+    """--methods / --subjects of `autt adapt`, checked against the method vocabulary;
+    --model / --contexts of `autt predict` (exactly one)."""
+    if args.command == "predict":
+        if bool(args.model) == bool(args.contexts):
+            raise ConfigError("autt predict needs exactly one of --model DIR and --contexts WORKSPACE")
+        return {"contexts": args.contexts}
     if args.command != "adapt":
         return None
     from pipeline.adapt.config import ADAPT_METHODS

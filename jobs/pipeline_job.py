@@ -121,7 +121,8 @@ def _steps(command: str, fused: bool, prepared, model: str | None = None,
     train = [functools.partial(_train, strict_data=command == "train")]
     adapt = [functools.partial(_adapt, strict_data=command == "adapt", **(adapt_args or {}))]
     return {"ingest": ingest, "faces": faces, "embed": [embed_job.run_fused] if fused else embed,
-            "train": train, "adapt": adapt, "predict": [functools.partial(_predict, model=model)],
+            "train": train, "adapt": adapt, "predict": [functools.partial(_predict, model=model,
+                                            contexts=(adapt_args or {}).get("contexts"))],
             "report": [_report],
             "run": ingest + [embed_job.run_fused] + train + adapt + [_report],
             "demo": ingest + [embed_job.run_fused] + train + adapt + [_report]}[command]
@@ -156,9 +157,15 @@ def _report(cfg: Config, run_id: str) -> list[StageRun]:
     return [StageRun(stage="report", seconds=time.perf_counter() - t0, extra={"report": url})]
 
 
-def _predict(cfg: Config, run_id: str, model: str) -> list[StageRun]:
+def _predict(cfg: Config, run_id: str, model: str | None, contexts: str | None = None) -> list[StageRun]:
+    from jobs import adapt as adapt_job
     from jobs import predict as predict_job
 
+    if contexts:
+        try:
+            return adapt_job.apply_contexts(cfg, run_id, contexts)
+        except adapt_job.AdaptSkipped as exc:
+            raise UserError(str(exc)) from exc
     try:
         return predict_job.run(cfg, run_id, model)
     except predict_job.PredictError as exc:

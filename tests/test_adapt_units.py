@@ -42,7 +42,7 @@ def micro(tmp_path_factory):
     from pipeline.demo import make_micro
 
     root = tmp_path_factory.mktemp("adapt")
-    info = make_micro(str(root / "data"), n_subjects=5, n_target=2, n_frames=8)
+    info = make_micro(str(root / "data"), n_subjects=5, n_target=2, n_frames=8, extra=10)
     return {**info, "trained": prepare(root, info["manifest"], info["split"]), "root": root}
 
 
@@ -251,3 +251,28 @@ def test_reference_recipe_import_then_adapt_with_the_reference_option(micro, tmp
     before = Workspace(str(out)).markers("adaptation")
     assert autt(out, "adapt", "--model", str(model), bank, "--methods", "clip-autt-reference,tpt") == 0
     assert Workspace(str(out)).markers("adaptation") == before  # a rerun does no work
+
+
+def test_adapted_contexts_apply_to_new_samples_of_their_subject(micro, ws_copy, tmp_path, capsys):
+    assert autt(ws_copy, "adapt", "--methods", "clip-autt") == 0
+    final = {r.sample_id: np.asarray(r.probs) for r in rows(ws_copy, "clip-autt").itertuples()
+             if np.isnan(r.step)}
+    # another workspace holding the same samples: the context reproduces the final predictions
+    other = tmp_path / "other"
+    shutil.copytree(micro["trained"], other)
+    assert autt(other, "predict", "--contexts", str(ws_copy)) == 0
+    got = rows(other, "clip-autt")
+    assert set(got["unit_id"]) == {u + ".applied" for u in Workspace(str(ws_copy)).markers("adaptation")}
+    for r in got[got["step"].isna()].itertuples():
+        np.testing.assert_allclose(r.probs, final[r.sample_id], atol=1e-6)
+    # the same workspace, after new samples arrive: only the new ones of s04 and s05 are predicted
+    assert autt(ws_copy, "ingest", "--manifest", micro["manifest_plus"], "--split", micro["split"],
+                "--classes", "neutral,pain") == 0
+    assert autt(ws_copy, "embed", "--fused") == 0
+    assert autt(ws_copy, "predict", "--contexts", str(ws_copy)) == 0
+    applied = rows(ws_copy, "clip-autt").query("unit_id.str.endswith('.applied')", engine="python")
+    assert set(applied["sample_id"]) == {"s04_neutral_2", "s04_pain_2", "s05_neutral_2", "s05_pain_2"}
+    assert (applied["status"] == "ok").all() and set(applied["step"].dropna()) == {0.0}
+    capsys.readouterr()
+    assert autt(ws_copy, "predict") == 2
+    assert "exactly one of --model" in capsys.readouterr().err

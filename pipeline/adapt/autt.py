@@ -159,14 +159,23 @@ class CLIPAUTT:
     def __call__(self, subject: SubjectInputs) -> AdaptResult:
         return self.run([subject])[0]
 
-    def run(self, subjects: Sequence[SubjectInputs]) -> list[AdaptResult]:
-        """Each subject adapted on its own; ``subjects_per_batch`` of them share forwards."""
+    def run(self, subjects: Sequence[SubjectInputs], context: np.ndarray | None = None) -> list[AdaptResult]:
+        """Each subject adapted on its own; ``subjects_per_batch`` of them share forwards.
+        ``context``: start from this (an adapted context) instead of the initial one; with
+        ``steps = 0`` this applies an adapted context to new clips of its subject."""
         for i, subject in enumerate(subjects):
             self._check(subject, i)
+        start_ctx = None
+        if context is not None:
+            start_ctx = torch.as_tensor(np.asarray(context, dtype=np.float32))
+            want = tuple(self.prompts.initial_context().shape)
+            if tuple(start_ctx.shape) != want:
+                raise ValueError(f"context of shape {list(start_ctx.shape)} does not fit these prompts, "
+                                 f"which need {list(want)}")
         size = self.cfg.subjects_per_batch
         out: list[AdaptResult] = []
         for start in range(0, len(subjects), size):
-            out += self._group(subjects[start:start + size])
+            out += self._group(subjects[start:start + size], start_ctx)
         return out
 
     def _check(self, subject: SubjectInputs, i: int) -> None:
@@ -185,10 +194,12 @@ class CLIPAUTT:
         else:
             windows_of(torch.zeros(1, np.shape(subject.clips)[1], 1), self.cfg.window)  # L <= T
 
-    def _group(self, inputs: Sequence[SubjectInputs]) -> list[AdaptResult]:
+    def _group(self, inputs: Sequence[SubjectInputs], start: torch.Tensor | None = None) -> list[AdaptResult]:
         cfg, t0 = self.cfg, time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed)
         init = self.prompts.initial_context(generator=generator)  # the same start for every subject
+        if start is not None:
+            init = start.to(device=init.device, dtype=init.dtype)
         with frozen(self.head, self.tower):
             subjects = [_Subject(x, init, cfg, self.device) for x in inputs]
             t1, step_times = time.perf_counter(), []

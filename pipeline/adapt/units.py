@@ -44,6 +44,8 @@ class AdaptSpec:
     fold: int
     seed: int | None  # None: deterministic methods
     source: tuple[str, ...] = ()  # the fold's source subjects (TTA-CaP's prototypes)
+    context: str | None = None  # an adapted context's folder: applied to new samples, 0 steps
+    exclude: tuple[str, ...] = ()  # samples left out (those the context was adapted on)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -117,6 +119,9 @@ class AdaptStage(_TargetStage):
     def load(self, ws, unit: str) -> dict[str, np.ndarray]:
         rows = super().load(ws, unit)  # the subject's ok samples, no label column
         spec = self.units[unit]
+        if spec.exclude:
+            keep = ~np.isin(rows["sample_id"].astype(str), list(spec.exclude))
+            rows = {k: v[keep] for k, v in rows.items()}
         if spec.method == "tta-cap-frozen" and spec.source not in self._banks:
             from pipeline.adapt.tta_cap import source_bank
 
@@ -152,7 +157,7 @@ class AdaptStage(_TargetStage):
                 steps_rows.append({k: [v for v, keep in zip(vals, ok) if keep] for k, vals in part.items()})
             info = {"steps": out["steps"], "final_step": out["final_step"], "losses": out.get("losses"),
                     "seconds": seconds, "status": "ok", "error": None}
-            if out.get("context") is not None:
+            if out.get("context") is not None and not spec.context:
                 files = {"adaptation": {"context": _context_writer(out["context"], spec, self.ctx)}}
             if self.progress:
                 self.progress(f"[adapt {unit}] {int(ok.sum())} clip(s), {out['steps']} step(s), "
@@ -202,7 +207,13 @@ class AdaptStage(_TargetStage):
 
         tower, tokenizer = self.tower()
         head = self.head(spec.model_id)
-        cfg = self.run.section.library_config(spec.method, self.run.steps, self.run.window, spec.seed or 0)
+        steps = 0 if spec.context else self.run.steps  # an adapted context is applied as it is
+        cfg = self.run.section.library_config(spec.method, steps, self.run.window, spec.seed or 0)
+        start = None
+        if spec.context:
+            from safetensors.numpy import load
+
+            start = load(io.read_bytes(io.join(spec.context, CONTEXT_FILE)))["context"]
         prompts = list(self.ctx.text.au_prompts)
         if spec.method == REFERENCE_METHOD:
             tokens = reference_tokens(tower, tokenizer, prompts, cfg.n_ctx)
@@ -213,7 +224,7 @@ class AdaptStage(_TargetStage):
             inputs = SubjectInputs(clips=self._clips(rows, ok)[0])
         while True:
             try:
-                result = CLIPAUTT(head, tower, tokens, cfg)(inputs)
+                result = CLIPAUTT(head, tower, tokens, cfg).run([inputs], start)[0]
                 break
             except torch.cuda.OutOfMemoryError:  # retry with fewer clips per head forward
                 n = len(inputs.strided or inputs.clips)
