@@ -31,7 +31,7 @@ class NothingToReport(Exception):
 
 def run(cfg: Config, run_id: str) -> str:
     """Build the report; returns the URL of its index.html."""
-    from pipeline.results.report import make_report
+    from pipeline.results.report import ReportConfig, make_report
 
     ws = Workspace(cfg.run.out)
     if not ws.markers("predictions"):
@@ -55,7 +55,8 @@ def run(cfg: Config, run_id: str) -> str:
     local = tempfile.mkdtemp(prefix="autt-report-")
     try:
         make_report(local, manifest, predictions, classes, lineage, stage_stats=stage_stats,
-                    au_activations=acts, au_names=au_names)
+                    au_activations=acts, au_names=au_names,
+                    cfg=ReportConfig(window_len=cfg.protocol.window))  # marks the selected window
         for name in sorted(os.listdir(local)):
             with open(os.path.join(local, name), "rb") as handle:
                 blob = handle.read()
