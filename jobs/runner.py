@@ -220,7 +220,7 @@ def _record_failure(run: RunConfig, ws: Workspace, run_id: str, name: str, shard
                                          "at": when, "traceback_in": url})
         old = io.read_text(url) if io.exists(url) else ""
         io.write_text_atomic(url, f"{old}==== [{name}] shard {shard} failed at {when}\n"
-                                  f"{full.rstrip()}\n\n")
+                                  f"{full.rstrip()}\n\n", fault_hook=False)
     except OSError as exc:  # the store is down: say so, and keep the shard's own error
         log.warning("could not write %s (%s); the traceback of shard %s follows:\n%s", url, exc,
                     shard, full)

@@ -207,8 +207,9 @@ def read_text(url: str) -> str:
     return read_bytes(url).decode("utf-8")
 
 
-def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then rename it onto ``url``."""
+def write_bytes_atomic(url: str, data: bytes, *, fault_hook: bool = True) -> None:
+    """Write ``data`` to a temporary sibling, then rename it onto ``url``. ``fault_hook``
+    False: bookkeeping that reports a failure (no injected fault there)."""
     from pipeline import faults
 
     fs, path = fs_and_path(url)
@@ -217,15 +218,16 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         retry(f"makedirs {folder}", fs.makedirs, folder, exist_ok=True)
     tmp = f"{folder}/{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}" if folder else f"{TMP_PREFIX}{name}"
     retry(f"write {url}", fs.pipe_file, tmp, data)
-    faults.maybe_fail("after_tmp", url)
+    if fault_hook:
+        faults.maybe_fail("after_tmp", url)
     if is_local(url):
         os.replace(tmp, path)  # atomic on POSIX
     else:
         retry(f"rename onto {url}", fs.mv, tmp, path)
 
 
-def write_text_atomic(url: str, text: str) -> None:
-    write_bytes_atomic(url, text.encode("utf-8"))
+def write_text_atomic(url: str, text: str, *, fault_hook: bool = True) -> None:
+    write_bytes_atomic(url, text.encode("utf-8"), fault_hook=fault_hook)
 
 
 def create_exclusive(url: str, data: bytes) -> bool:

@@ -152,7 +152,8 @@ class Workspace:
     def record_failure(self, table: str, unit: str, info: dict) -> None:
         """Note that the last attempt at ``unit`` failed (what `autt status` lists); the
         unit's next commit removes the note."""
-        io.write_text_atomic(self.failure_url(table, unit), json.dumps(info, indent=1))
+        io.write_text_atomic(self.failure_url(table, unit), json.dumps(info, indent=1),
+                             fault_hook=False)
 
     def failures(self, table: str) -> dict[str, dict]:
         """Units of ``table`` whose last attempt failed and that are not committed since."""

@@ -180,4 +180,5 @@ def test_demo_adapts_every_target_subject_with_every_method(demo):
         assert set(got["sample_id"]) == targets and (got["status"] == "ok").all(), method
     steps = rows[(rows["method"] == "clip-autt") & rows["step"].notna()]
     assert sorted(steps["step"].unique()) == list(range(11))  # 10 updates: steps 0..10
-    assert "[adapt clip-autt." in result.stderr  # adaptation shows progress
+    # adaptation shows progress on the driver (worker output through Ray is best effort)
+    assert "[adapt] 8/8 shard " in result.stderr

@@ -59,7 +59,7 @@ def test_storage_layer_and_config_loading_import_nothing_heavy():
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"light {','.join(SHIPPED_NAMES)}"
-    assert SHIPPED_NAMES == ["bah", "biovid", "stressid"]
+    assert SHIPPED_NAMES == ["bah", "biovid", "biovid-reference", "stressid"]
 
 
 def test_probe_catches_a_heavy_import():
