@@ -20,6 +20,7 @@ import json
 import sys
 from urllib.parse import quote
 
+from jobs.progress import say as _say
 from jobs.runner import StageRun, run_shards
 from pipeline import config as cfgmod
 from pipeline import io
@@ -218,10 +219,6 @@ def _make_stage(units, ctx, arun, checkpoints, progress, num_threads):
     from pipeline.adapt.units import AdaptStage
 
     return AdaptStage(units, ctx, arun, checkpoints, num_threads, progress)
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def describe(s: AdaptSetup) -> str:

@@ -12,13 +12,13 @@ import datetime as _dt
 import logging
 import os
 import re
-import sys
 import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from jobs import progress as _bars
 from pipeline import io
 from pipeline.config import RunConfig
 from pipeline.shards import Fingerprint, Plan, execute
@@ -120,6 +120,19 @@ def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
         _say(run, f"[{name}] nothing to do ({len(plan.skip)} shard(s) already done)")
         return result
     _say(run, f"[{name}] {len(todo)} shard(s) to do, {len(plan.skip)} already done")
+    bar = _bars.UnitProgress(run.progress, name, len(todo))
+    try:
+        _run_todo(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary, result, t0,
+                  bar)
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _run_todo(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary, result, t0,
+              bar) -> None:
+    todo = plan.todo
     if run.executor == "local":
         worker = _Worker(factory, on_ray=False)
         for shard in todo:
@@ -134,16 +147,14 @@ def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
                     break  # --strict: the first fault aborts the command
                 continue
             result.done.append(summary)
-            _progress(run, name, result, len(todo), summary, primary, t0)
+            bar.advance(_progress_line(name, result, len(todo), summary, primary, t0))
     else:
         _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary,
-                    result, t0)
-    result.seconds = time.perf_counter() - t0
-    return result
+                    result, t0, bar)
 
 
 def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary, result,
-                t0) -> None:
+                t0, bar) -> None:
     import ray
 
     todo = plan.todo
@@ -189,7 +200,7 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
                 continue
             free.append(actor)
             result.done.append(summary)
-            _progress(run, name, result, len(todo), summary, primary, t0)
+            bar.advance(_progress_line(name, result, len(todo), summary, primary, t0))
     finally:
         for a in actors:
             ray.kill(a)
@@ -227,17 +238,17 @@ def _record_failure(run: RunConfig, ws: Workspace, run_id: str, name: str, shard
     _say(run, f"[{name}] shard {shard} FAILED: {line} (traceback in {url})")
 
 
-def _progress(run: RunConfig, name: str, result: StageRun, total: int, summary: dict,
-              primary: str | None, t0: float) -> None:
+def _progress_line(name: str, result: StageRun, total: int, summary: dict,
+                   primary: str | None, t0: float) -> str:
     table = primary or next(iter(summary["tables"]))
     counts = summary["tables"].get(table, {}).get("status_counts", {})
     shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     done = len(result.done) + len(result.failed)
-    _say(run, f"[{name}] {done}/{total} shard {summary['shard_id']}: "
-              f"{summary['tables'].get(table, {}).get('rows', 0)} rows ({shown}) "
-              f"[{time.perf_counter() - t0:.1f}s]")
+    return (f"[{name}] {done}/{total} shard {summary['shard_id']}: "
+            f"{summary['tables'].get(table, {}).get('rows', 0)} rows ({shown}) "
+            f"[{time.perf_counter() - t0:.1f}s]")
 
 
 def _say(run: RunConfig, text: str) -> None:
     if run.progress:
-        print(text, file=sys.stderr, flush=True)
+        _bars.say(text)
