@@ -205,7 +205,8 @@ def run(cfg: Config, run_id: str, methods: tuple[str, ...] | None = None,
     result = StageRun(stage="adapt", skipped=len(todo.skip))
     for attempt in range(cfg.adapt.max_retries + 1):
         r = run_shards("adapt", s.ws, factory, todo, s.fps, run_id, cfg.run, wants_gpu=wants_gpu,
-                       primary="adaptation")
+                       primary="adaptation", group_key=functools.partial(_batch_key, s.units),
+                       group_size=group_size(cfg))
         result.done += r.done
         result.failed = r.failed
         result.seconds += r.seconds
@@ -213,6 +214,33 @@ def run(cfg: Config, run_id: str, methods: tuple[str, ...] | None = None,
             break
         todo = dataclasses.replace(todo, run=sorted(r.failed), retry=[], delta=[], skip=[])
     return [result]
+
+
+AUTO_GROUP_GPU = 8  # units sent to a GPU worker together when subjects_per_batch is auto
+
+
+def group_size(cfg) -> int:
+    """Units of one model and method sent to a worker together, to share text forwards:
+    ``adapt.subjects_per_batch`` where set; auto: several on GPU clusters (the worker sizes
+    its batches by memory), one on CPU (there, parallel workers beat shared forwards)."""
+    a = cfg.adapt
+    if a.subjects_per_batch:
+        return a.subjects_per_batch
+    if a.device == "cpu":
+        return 1
+    import ray
+    import torch
+
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else torch.cuda.device_count()
+    return AUTO_GROUP_GPU if gpus else 1
+
+
+def _batch_key(units: dict, unit: str):
+    """Units that can share a text forward: CLIP-AUTT of one model and method, no context."""
+    spec = units[unit]
+    if spec.method in MODEL_METHODS and not spec.context:
+        return (spec.method, spec.model_id, spec.seed)
+    return unit
 
 
 def _make_stage(units, ctx, arun, checkpoints, progress, num_threads):

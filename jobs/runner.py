@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from jobs import progress as _bars
 from pipeline import io
 from pipeline.config import RunConfig
-from pipeline.shards import Fingerprint, Plan, execute
+from pipeline.shards import Fingerprint, Plan, execute, execute_group
 from pipeline.workspace import Workspace
 
 # Environment the actors need as the driver has it: fault hooks, the model hub, and storage
@@ -60,6 +60,13 @@ class _Worker:
     def run(self, root: str, shard_id: str, fps: dict, mode: str, run_id: str,
             strict: bool = False) -> dict:
         return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id, strict=strict)
+
+    def run_group(self, root: str, shards: list[str], fps: dict, modes: dict, run_id: str,
+                  strict: bool = False) -> dict:
+        """Per shard: its summary, or (one-line error, full traceback) if it failed."""
+        got = execute_group(Workspace(root), self.stage, shards, fps, modes, run_id, strict=strict)
+        return {s: v if isinstance(v, dict) else
+                (_one_line(v), "".join(traceback.format_exception(v))) for s, v in got.items()}
 
 
 def actor_threads() -> int:
@@ -111,8 +118,11 @@ def _resources(run: RunConfig, n_todo: int, wants_gpu: bool | float) -> tuple[in
 
 def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
                fingerprints: dict[str, dict[str, Fingerprint]], run_id: str, run: RunConfig,
-               *, wants_gpu: bool | float = False, primary: str | None = None) -> StageRun:
-    """Execute ``plan.todo`` shards; ``fingerprints[shard][table]``."""
+               *, wants_gpu: bool | float = False, primary: str | None = None,
+               group_key: Callable[[str], object] | None = None, group_size: int = 1) -> StageRun:
+    """Execute ``plan.todo`` shards; ``fingerprints[shard][table]``. With ``group_size`` > 1,
+    consecutive shards of equal ``group_key`` go to a worker together (``execute_group``:
+    computed together where the stage can, each still committed on its own)."""
     result = StageRun(stage=name, skipped=len(plan.skip))
     todo = plan.todo
     t0 = time.perf_counter()
@@ -120,74 +130,129 @@ def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
         _say(run, f"[{name}] nothing to do ({len(plan.skip)} shard(s) already done)")
         return result
     _say(run, f"[{name}] {len(todo)} shard(s) to do, {len(plan.skip)} already done")
+    items = _groups(todo, group_key, group_size)
     bar = _bars.UnitProgress(run.progress, name, len(todo))
+    state = _Progress(run, ws, run_id, name, result, len(todo), primary, fingerprints, t0, bar)
     try:
-        _run_todo(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary, result, t0,
-                  bar)
+        if run.executor == "local":
+            _run_local(state, factory, plan, items)
+        else:
+            _run_on_ray(state, factory, plan, items, wants_gpu)
     finally:
         bar.close()
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _run_todo(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary, result, t0,
-              bar) -> None:
-    todo = plan.todo
-    if run.executor == "local":
-        worker = _Worker(factory, on_ray=False)
-        for shard in todo:
-            try:
-                summary = worker.run(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id,
-                                     run.strict)
-            except Exception as exc:  # a failed shard must not stop the others
-                _record_failure(run, ws, run_id, name, shard, result, _one_line(exc), primary or
-                                next(iter(fingerprints[shard])),
-                                "".join(traceback.format_exception(exc)))
-                if run.strict:
-                    break  # --strict: the first fault aborts the command
-                continue
-            result.done.append(summary)
-            bar.advance(_progress_line(name, result, len(todo), summary, primary, t0))
-    else:
-        _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary,
-                    result, t0, bar)
+def _groups(todo: list[str], key: Callable[[str], object] | None, size: int) -> list[list[str]]:
+    """Consecutive shards of one key, at most ``size`` to a group (1: each on its own)."""
+    if size <= 1 or key is None:
+        return [[s] for s in todo]
+    out: list[list[str]] = []
+    for shard in todo:
+        if out and len(out[-1]) < size and key(out[-1][0]) == key(shard):
+            out[-1].append(shard)
+        else:
+            out.append([shard])
+    return out
 
 
-def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, primary, result,
-                t0, bar) -> None:
+@dataclass
+class _Progress:
+    """What reporting a unit's end needs: the summary, failure notes, the progress line."""
+
+    run: RunConfig
+    ws: Workspace
+    run_id: str
+    name: str
+    result: StageRun
+    total: int
+    primary: str | None
+    fingerprints: dict
+    t0: float
+    bar: object
+
+    def done(self, summary: dict) -> None:
+        self.result.done.append(summary)
+        self.bar.advance(_progress_line(self.name, self.result, self.total, summary, self.primary,
+                                        self.t0))
+
+    def failed(self, shard: str, line: str, full: str) -> None:
+        _record_failure(self.run, self.ws, self.run_id, self.name, shard, self.result, line,
+                        self.primary or next(iter(self.fingerprints[shard])), full)
+
+    def outcome(self, shard: str, got) -> bool:
+        """Report one unit's summary or failure ``(line, full text)``; True if it failed."""
+        if isinstance(got, dict):
+            self.done(got)
+            return False
+        self.failed(shard, *got)
+        return True
+
+
+def _run_local(state: _Progress, factory: Callable, plan: Plan, items: list[list[str]]) -> None:
+    worker = _Worker(factory, on_ray=False)
+    run, ws, fps = state.run, state.ws, state.fingerprints
+    for item in items:
+        if len(item) > 1:
+            got = worker.run_group(ws.root, item, {s: fps[s] for s in item},
+                                   {s: plan.mode(s) for s in item}, state.run_id, run.strict)
+            failed = [state.outcome(s, got[s]) for s in item]
+            if run.strict and any(failed):
+                break
+            continue
+        shard = item[0]
+        try:
+            summary = worker.run(ws.root, shard, fps[shard], plan.mode(shard), state.run_id,
+                                 run.strict)
+        except Exception as exc:  # a failed shard must not stop the others
+            state.failed(shard, _one_line(exc), "".join(traceback.format_exception(exc)))
+            if run.strict:
+                break  # --strict: the first fault aborts the command
+            continue
+        state.done(summary)
+
+
+def _run_on_ray(state: _Progress, factory: Callable, plan: Plan, items: list[list[str]],
+                wants_gpu: bool | float) -> None:
     import ray
 
-    todo = plan.todo
-    n, cpus, gpus = _resources(run, len(todo), wants_gpu)
+    run, ws, fps, name = state.run, state.ws, state.fingerprints, state.name
+    n, cpus, gpus = _resources(run, len(items), wants_gpu)
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     actor_cls = ray.remote(_Worker).options(
         num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2,
         runtime_env={"env_vars": env} if env else None)
     actors = [actor_cls.remote(factory, True) for _ in range(n)]
     pending: dict = {}
-    queue = list(todo)
+    queue = list(items)
     try:
         free = list(actors)
         while queue or pending:
             while queue and free:
-                shard = queue.pop(0)
+                item = queue.pop(0)
                 actor = free.pop()
-                ref = actor.run.remote(ws.root, shard, fingerprints[shard], plan.mode(shard), run_id,
-                                       run.strict)
-                pending[ref] = (shard, actor)
+                if len(item) > 1:
+                    ref = actor.run_group.remote(ws.root, item, {s: fps[s] for s in item},
+                                                 {s: plan.mode(s) for s in item}, state.run_id,
+                                                 run.strict)
+                else:
+                    ref = actor.run.remote(ws.root, item[0], fps[item[0]], plan.mode(item[0]),
+                                           state.run_id, run.strict)
+                pending[ref] = (item, actor)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_NOTICE_S)
             if not ready:  # say why nothing moves (e.g. actors that cannot be scheduled)
                 _say(run, f"[{name}] waiting on {len(pending)} shard(s); each actor asks "
                           f"{cpus:.2f} CPU, {gpus:g} GPU; free now: {ray.available_resources()}")
                 continue
-            shard, actor = pending.pop(ready[0])
+            item, actor = pending.pop(ready[0])
             try:
-                summary = ray.get(ready[0])
+                got = ray.get(ready[0])
             except ray.exceptions.RayError as exc:
                 cause = getattr(exc, "cause", None)  # a task error: the worker's exception
                 line = _one_line(cause if isinstance(cause, Exception) else exc)
-                _record_failure(run, ws, run_id, name, shard, result, line,
-                                primary or next(iter(fingerprints[shard])), _ray_text(exc))
+                for shard in item:
+                    state.failed(shard, line, _ray_text(exc))
                 if run.strict:
                     queue.clear()  # --strict: start nothing more; shards in flight finish
                 if isinstance(exc, ray.exceptions.RayActorError):
@@ -199,8 +264,10 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
                 free.append(actor)
                 continue
             free.append(actor)
-            result.done.append(summary)
-            bar.advance(_progress_line(name, result, len(todo), summary, primary, t0))
+            if len(item) == 1:
+                state.done(got)
+            elif any([state.outcome(s, got[s]) for s in item]) and run.strict:
+                queue.clear()
     finally:
         for a in actors:
             ray.kill(a)

@@ -190,21 +190,27 @@ def describe_change(marker: dict, fp: Fingerprint, inputs: bool = True) -> list[
     return why
 
 
-def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[str, Fingerprint],
-            mode: str, run_id: str, strict: bool = False) -> dict:
-    """Run one unit end to end and commit it. Returns the summary recorded in its markers.
+@dataclass
+class _Open:
+    """One unit between loading its inputs and committing its outputs."""
 
-    ``fingerprints`` maps each output table to its fingerprint. In ``retry`` and ``delta``
-    modes only the samples named by ``redo`` (from committed state) are processed again;
-    the other samples' rows are kept as committed. Every table's files are written under
-    this attempt's names first; the markers come last, in ``stage.outputs`` order.
-    ``strict``: a failed sample aborts the unit (``StrictAbort``) before anything commits.
-    """
-    where = f"{stage.name}/{shard_id}"
-    faults.maybe_fail("shard_start", where)
+    shard_id: str
+    mode: str
+    started: _dt.datetime
+    attempt: str
+    seconds: dict
+    committed: dict
+    rows: dict
+    rows_in: int
+    kept: dict
+    redo: set | None
+
+
+def _open(ws: Workspace, stage: ShardStage, shard_id: str, mode: str) -> _Open:
+    """Clear what earlier attempts left, then load the unit's inputs (only the samples to
+    redo in ``retry``/``delta`` modes, the others kept as committed)."""
+    faults.maybe_fail("shard_start", f"{stage.name}/{shard_id}")
     started = _dt.datetime.now(_dt.timezone.utc)
-    attempt = new_attempt()
-    seconds: dict[str, float] = {}
     t = time.perf_counter()
     committed = {table: ws.read_marker(table, shard_id) for table in stage.outputs}
     for table in stage.outputs:
@@ -216,16 +222,83 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
     if mode in ("retry", "delta"):
         redo = _redo_set(ws, stage, shard_id, rows, committed, mode)
         rows, kept = _split(ws, stage, shard_id, rows, committed, redo)
-    seconds["load"] = time.perf_counter() - t
+    return _Open(shard_id, mode, started, new_attempt(), {"load": time.perf_counter() - t},
+                 committed, rows, rows_in, kept, redo)
 
+
+def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[str, Fingerprint],
+            mode: str, run_id: str, strict: bool = False) -> dict:
+    """Run one unit end to end and commit it. Returns the summary recorded in its markers.
+
+    ``fingerprints`` maps each output table to its fingerprint. In ``retry`` and ``delta``
+    modes only the samples named by ``redo`` (from committed state) are processed again;
+    the other samples' rows are kept as committed. Every table's files are written under
+    this attempt's names first; the markers come last, in ``stage.outputs`` order.
+    ``strict``: a failed sample aborts the unit (``StrictAbort``) before anything commits.
+    """
+    unit = _open(ws, stage, shard_id, mode)
     t = time.perf_counter()
-    produced = stage(rows)
+    produced = stage(unit.rows)
+    unit.seconds["process"] = time.perf_counter() - t
+    return _close(ws, stage, unit, produced, fingerprints, run_id, strict)
+
+
+def execute_group(ws: Workspace, stage: ShardStage, shard_ids: list[str],
+                  fingerprints: dict[str, dict[str, Fingerprint]], modes: dict[str, str],
+                  run_id: str, strict: bool = False) -> dict[str, dict | Exception]:
+    """Several units a stage computes together (``stage.batch(list of rows)`` -> list of
+    outputs, e.g. several subjects through one forward). Each unit still loads, writes and
+    commits on its own, exactly as ``execute`` does; per unit: its summary, or the exception
+    that stopped it. If the shared computation raises, every unit is computed on its own,
+    so a bad unit fails alone. A stage without ``batch`` runs its units one by one."""
+    out: dict[str, dict | Exception] = {}
+    if not hasattr(stage, "batch") or len(shard_ids) == 1:
+        for u in shard_ids:
+            try:
+                out[u] = execute(ws, stage, u, fingerprints[u], modes[u], run_id, strict)
+            except Exception as exc:  # noqa: BLE001  (reported per unit by the caller)
+                out[u] = exc
+        return out
+    opened: list[_Open] = []
+    for u in shard_ids:
+        try:
+            opened.append(_open(ws, stage, u, modes[u]))
+        except Exception as exc:  # noqa: BLE001
+            out[u] = exc
+    t = time.perf_counter()
+    try:
+        together = stage.batch([unit.rows for unit in opened]) if opened else []
+    except Exception as exc:  # noqa: BLE001  (one at a time below)
+        log.warning("%s: units %s computed together failed (%s: %s); computing them one by one",
+                    stage.name, ", ".join(u.shard_id for u in opened), type(exc).__name__, exc)
+        together = None
+    share = (time.perf_counter() - t) / max(1, len(opened))
+    for i, unit in enumerate(opened):
+        try:
+            if together is None:
+                t = time.perf_counter()
+                produced = stage(unit.rows)
+                unit.seconds["process"] = time.perf_counter() - t
+            else:
+                produced, unit.seconds["process"] = together[i], share
+            out[unit.shard_id] = _close(ws, stage, unit, produced, fingerprints[unit.shard_id],
+                                        run_id, strict)
+        except Exception as exc:  # noqa: BLE001
+            out[unit.shard_id] = exc
+    return {u: out[u] for u in shard_ids}
+
+
+def _close(ws: Workspace, stage: ShardStage, unit: _Open, produced: dict,
+           fingerprints: dict[str, Fingerprint], run_id: str, strict: bool) -> dict:
+    """Write every table of the unit under its attempt's names, then commit them at once."""
+    shard_id, mode, seconds, committed = unit.shard_id, unit.mode, unit.seconds, unit.committed
+    rows, rows_in, kept, redo = unit.rows, unit.rows_in, unit.kept, unit.redo
+    started, attempt, where = unit.started, unit.attempt, f"{stage.name}/{shard_id}"
     extra_errors = produced.pop(ERRORS_KEY, None) or []
     if not isinstance(extra_errors, dict):
         extra_errors = {stage.outputs[0]: extra_errors}
     input_samples = produced.pop(INPUT_SAMPLES_KEY, None) or {}
     extra_files = produced.pop(FILES_KEY, None) or {}
-    seconds["process"] = time.perf_counter() - t
     if strict:
         _abort_on_failure(stage, produced, extra_errors)
 

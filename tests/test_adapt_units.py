@@ -276,3 +276,34 @@ def test_adapted_contexts_apply_to_new_samples_of_their_subject(micro, ws_copy, 
     capsys.readouterr()
     assert autt(ws_copy, "predict") == 2
     assert "exactly one of --model" in capsys.readouterr().err
+
+
+def test_subjects_batched_in_one_text_forward_match_one_at_a_time(micro, tmp_path, monkeypatch):
+    alone, batched, fallback = tmp_path / "alone", tmp_path / "batched", tmp_path / "fallback"
+    for out in (alone, batched, fallback):
+        shutil.copytree(micro["trained"], out)
+    methods = ["--methods", "clip-autt,clip-au+windows"]
+    assert autt(alone, "adapt", *methods, "adapt.subjects_per_batch=1") == 0
+    assert autt(batched, "adapt", *methods, "adapt.subjects_per_batch=2") == 0
+    units = Workspace(str(batched)).read_table("adapt_units").to_pandas()
+    shared = {r.unit_id: dict(r.seconds)["subjects_in_forward"] for r in units.itertuples()}
+    assert len(shared) == 4 and set(shared.values()) == {2.0}  # both target subjects in each forward
+    a, b = keyed(rows(alone)), keyed(rows(batched))
+    assert a.keys() == b.keys()
+    for k in a:  # each subject's gradient is its own: equal within float rounding
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=str(k))
+
+    # the shared computation fails: each unit is computed on its own, none is lost
+    from pipeline.adapt.units import AdaptStage
+
+    one_by_one = AdaptStage._clip_autt
+
+    def refuse_groups(self, items):
+        if len(items) > 1:
+            raise RuntimeError("injected: batched forward failed")
+        return one_by_one(self, items)
+
+    monkeypatch.setattr(AdaptStage, "_clip_autt", refuse_groups)
+    assert autt(fallback, "adapt", *methods, "adapt.subjects_per_batch=2") == 0
+    c = keyed(rows(fallback))
+    assert c.keys() == a.keys() and all(np.array_equal(a[k], c[k]) for k in a)

@@ -75,6 +75,7 @@ class AdaptSection:
     weight_decay: float = 1e-4  # AdamW weight decay
     fast: bool = True  # truncated causal text path (within 1e-5 of the full context)
     chunk_size: int = 0  # clips per head forward, gradients accumulated; 0 = all at once
+    subjects_per_batch: int = 0  # subjects sharing a text forward; 0 = auto (GPU: memory budget)
     text_precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # text forward on CUDA; CPU: fp32
     clip_len: int = 20  # clip-autt-reference: frames of its random segments
     n_ctx: int = 4  # clip-autt-reference: context vectors of its prompt
@@ -93,9 +94,10 @@ class AdaptSection:
         for name in ("clip_len", "n_ctx"):
             if getattr(self, name) < 1:
                 raise ValueError(f"adapt.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.chunk_size < 0 or self.max_retries < 0:
-            raise ValueError(f"adapt.chunk_size and adapt.max_retries must be >= 0, got "
-                             f"{self.chunk_size!r}, {self.max_retries!r}")
+        for name in ("chunk_size", "max_retries", "subjects_per_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"adapt.{name} must be an integer >= 0, got {value!r}")
         if self.text_precision not in TEXT_PRECISIONS:
             raise ValueError(f"adapt.text_precision must be one of {TEXT_PRECISIONS}, got "
                              f"{self.text_precision!r}")

@@ -129,19 +129,51 @@ class AdaptStage(_TargetStage):
             self._banks[spec.source] = None if clips is None else source_bank(*clips)  # once per fold
         return rows
 
-    # ---- one unit ------------------------------------------------------------------------
+    # ---- one unit, or several computed together ------------------------------------------
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
         unit, spec, n_faces, ok = self._begin(rows)
+        out = None
+        if ok.any():
+            t0 = time.perf_counter()
+            out = self._adapt(spec, rows, ok)
+            out["seconds"] = {"total": time.perf_counter() - t0, **out.get("seconds", {})}
+        return self._produce(rows, unit, spec, n_faces, ok, out)
+
+    def batch(self, rows_list: list[dict[str, np.ndarray]]) -> list[dict]:
+        """Several units (``pipeline.shards.execute_group``): CLIP-AUTT units of one model,
+        method and seed adapt their subjects together, ``subjects_per_batch`` of them (or as
+        many as the memory budget allows) sharing each text forward; each subject's result is
+        its own (within 1e-5 of adapting it alone). Other units run one by one."""
+        begun = [self._begin(rows) for rows in rows_list]
+        outs: list[dict | None] = [None] * len(rows_list)
+        together: dict[tuple, list[int]] = {}
+        for i, (_, spec, _, ok) in enumerate(begun):
+            if not ok.any():
+                continue
+            if spec.method in MODEL_METHODS and not spec.context:
+                together.setdefault((spec.model_id, spec.method, spec.seed), []).append(i)
+            else:
+                t0 = time.perf_counter()
+                outs[i] = self._adapt(spec, rows_list[i], ok)
+                outs[i]["seconds"] = {"total": time.perf_counter() - t0, **outs[i].get("seconds", {})}
+        for idx in together.values():
+            got = self._clip_autt([(begun[i][1], rows_list[i], begun[i][3]) for i in idx])
+            for i, out in zip(idx, got):
+                outs[i] = out
+        return [self._produce(rows_list[i], unit, spec, n_faces, ok, outs[i])
+                for i, (unit, spec, n_faces, ok) in enumerate(begun)]
+
+    def _produce(self, rows: dict, unit: str, spec: AdaptSpec, n_faces: np.ndarray, ok: np.ndarray,
+                 out: dict | None) -> dict:
+        """The unit's tables from its method's output (None: no sample had enough faces)."""
         final = self._rows(rows, unit, spec.method, spec.model_id, spec.fold, spec.seed,
                            np.zeros((0, len(self.ctx.classes))), np.zeros(len(ok), bool), n_faces)
         steps_rows: list[dict] = []
         info = {"steps": 0, "final_step": None, "losses": None, "seconds": {}, "status": "no_clips",
                 "error": "no target sample has enough face frames"}
         files = {}
-        if ok.any():
-            t0 = time.perf_counter()
-            out = self._adapt(spec, rows, ok)
-            seconds = {"total": time.perf_counter() - t0, **out.get("seconds", {})}
+        if out is not None:
+            seconds = out["seconds"]
             final = self._rows(rows, unit, spec.method, spec.model_id, spec.fold, spec.seed,
                                out["probs"][out["final_step"]], ok, n_faces,
                                None if out.get("au") is None else out["au"][out["final_step"]])
@@ -179,7 +211,7 @@ class AdaptStage(_TargetStage):
         """Run the unit's method on its subject's ok samples. Out: probs [steps + 1 or 1, n, C],
         final_step, and where the method has them windows, AU scores, losses, context."""
         if spec.method in MODEL_METHODS:
-            return self._clip_autt(spec, rows, ok)
+            return self._clip_autt([(spec, rows, ok)])[0]
         clips, _ = self._clips(rows, ok)
         if spec.method == "tta-cap-frozen":
             from pipeline.adapt.tta_cap import tta_cap_subject
@@ -199,12 +231,18 @@ class AdaptStage(_TargetStage):
             return {"probs": got.probs[None], "final_step": 0, "steps": TPTConfig().steps}
         raise ValueError(f"unknown adaptation method {spec.method!r}")
 
-    def _clip_autt(self, spec: AdaptSpec, rows: dict, ok: np.ndarray) -> dict:
+    def _clip_autt(self, items: list[tuple[AdaptSpec, dict, np.ndarray]]) -> list[dict]:
+        """CLIP-AUTT (or its reference option, or 0 steps) for units of one model, method and
+        seed, ``(spec, rows, ok)`` each; their subjects share text forwards as the batch size
+        allows. A CUDA out-of-memory error halves the subjects per forward, then the clips per
+        head forward, before it counts as the unit's failure."""
         import torch
 
         from pipeline.adapt.autt import CLIPAUTT, SubjectInputs
+        from pipeline.adapt.budget import subjects_per_forward
         from pipeline.adapt.context import reference_tokens, template_tokens
 
+        spec = items[0][0]
         tower, tokenizer = self.tower()
         head = self.head(spec.model_id)
         steps = 0 if spec.context else self.run.steps  # an adapted context is applied as it is
@@ -217,26 +255,31 @@ class AdaptStage(_TargetStage):
         prompts = list(self.ctx.text.au_prompts)
         if spec.method == REFERENCE_METHOD:
             tokens = reference_tokens(tower, tokenizer, prompts, cfg.n_ctx)
-            seqs = tuple(rows["_seq"][i].astype(np.float32)[::self.ctx.stride] for i in np.flatnonzero(ok))
-            inputs = SubjectInputs(clips=None, strided=seqs)
+            inputs = [SubjectInputs(clips=None, strided=tuple(
+                rows["_seq"][i].astype(np.float32)[::self.ctx.stride] for i in np.flatnonzero(ok)))
+                for _, rows, ok in items]
         else:
             tokens = template_tokens(tower, tokenizer, prompts, self.run.prompts.n_ctx)
-            inputs = SubjectInputs(clips=self._clips(rows, ok)[0])
+            inputs = [SubjectInputs(clips=self._clips(rows, ok)[0]) for _, rows, ok in items]
+        cfg = dataclasses.replace(cfg, subjects_per_batch=subjects_per_forward(
+            self.run.section.subjects_per_batch, inputs, tower, tokens, cfg))
         while True:
             try:
-                result = CLIPAUTT(head, tower, tokens, cfg).run([inputs], start)[0]
+                results = CLIPAUTT(head, tower, tokens, cfg).run(inputs, start)
                 break
-            except torch.cuda.OutOfMemoryError:  # retry with fewer clips per head forward
-                n = len(inputs.strided or inputs.clips)
-                chunk = (cfg.chunk_size or n) // 2
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if cfg.subjects_per_batch > 1:  # fewer subjects per text forward
+                    cfg = dataclasses.replace(cfg, subjects_per_batch=cfg.subjects_per_batch // 2)
+                    continue
+                n = max(len(x.strided or x.clips) for x in inputs)
+                chunk = (cfg.chunk_size or n) // 2  # then fewer clips per head forward
                 if chunk < 1:
                     raise
-                torch.cuda.empty_cache()
                 cfg = dataclasses.replace(cfg, chunk_size=chunk)
-        return {"probs": result.probs, "au": result.au_scores, "windows": result.windows,
-                "losses": result.losses, "final_step": result.final_step, "steps": cfg.steps,
-                "context": result.context, "trajectory": True,
-                "seconds": {k: float(v) for k, v in result.seconds.items()}}
+        return [{"probs": r.probs, "au": r.au_scores, "windows": r.windows, "losses": r.losses,
+                 "final_step": r.final_step, "steps": cfg.steps, "context": r.context, "trajectory": True,
+                 "seconds": {k: float(v) for k, v in r.seconds.items()}} for r in results]
 
     def _class_tokens(self, tower, tokenizer):
         from pipeline.adapt.context import template_tokens
