@@ -84,6 +84,7 @@ def _run_locked(command: str, cfg: Config, fused: bool, ws: Workspace, run_id: s
         _record_run(ws, run_id, command, cfg)
         stop = ray_session(cfg.run) if cfg.run.executor == "ray" else (lambda: None)
         try:
+            _check_devices(cfg, command)
             for step in _steps(command, fused, prepared, model, adapt_args):
                 results.extend(step(cfg, run_id))
                 if results[-1].failed:
@@ -107,6 +108,32 @@ def _check_backbone(cfg: Config) -> None:
     except (ValueError, RuntimeError, FileNotFoundError, OSError) as exc:
         raise UserError(f"embed.model={cfg.embed.model!r} embed.weights={cfg.embed.weights!r}: "
                         f"{exc}") from exc
+
+
+DEVICE_KEYS = {"faces": ("faces",), "embed": ("faces", "embed"), "run": ("faces", "embed", "train", "adapt"),
+               "demo": ("faces", "embed", "train", "adapt"), "train": ("train",), "adapt": ("adapt",),
+               "predict": ("train", "adapt")}
+
+
+def _check_devices(cfg: Config, command: str) -> None:
+    """A stage set to ``device=cuda`` where the workers can have no GPU (no CUDA here for
+    the local executor; no GPU in the Ray cluster) is the user's to fix: said once, naming
+    the key, before any stage runs (not as every unit failing on its worker)."""
+    wanted = [f"{s}.device" for s in DEVICE_KEYS.get(command, ())
+              if getattr(getattr(cfg, s), "device", "") == "cuda"]
+    if not wanted:
+        return
+    if cfg.run.executor == "ray":
+        import ray
+
+        gpus, where = ray.cluster_resources().get("GPU", 0), "the Ray cluster has no GPU"
+    else:
+        import torch
+
+        gpus, where = torch.cuda.device_count(), "torch sees no CUDA device (executor local)"
+    if not gpus:
+        raise UserError(f"{', '.join(f'{k}=cuda' for k in wanted)} but {where}; use auto (a GPU "
+                        "where a worker has one) or cpu")
 
 
 def _steps(command: str, fused: bool, prepared, model: str | None = None,

@@ -154,3 +154,18 @@ def test_the_driver_checks_the_model_on_cpu_whatever_the_device(tmp_path):
                              "embed.weights=random", "embed.device=cuda"])
     _check_backbone(cfg)
     assert driver_backbone(cfg.embed).device.type == "cpu"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command,key,executor", [("embed", "embed.device", "local"),
+                                                  ("faces", "faces.device", "ray")])
+def test_cuda_settings_without_a_gpu_stop_before_any_stage(tmp_path, capsys, command, key, executor):
+    from jobs.cli import main as cli
+
+    out = tmp_path / "out"
+    rc = cli([command, "--out", str(out), "--executor", executor, "--num-cpus", "1",
+              "embed.model=autt-tiny", "embed.weights=random", f"{key}=cuda"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{key}=cuda but" in err, err
+    assert "no GPU" in err or "no CUDA device" in err
+    assert not (out / "faces").exists() and not (out / "embeddings").exists()
