@@ -167,14 +167,19 @@ def test_a_subject_does_not_depend_on_the_others_or_on_the_executor(micro, tmp_p
         shutil.copytree(micro["trained"], out)
     assert autt(alone, "adapt", "--subjects", "s05") == 0
     assert autt(together, "adapt") == 0
-    assert autt(on_ray, "adapt", "--workers", "2", "--num-cpus", "2", executor="ray") == 0
+    # on Ray, two subjects of one model and method sent to a worker together (a group)
+    assert autt(on_ray, "adapt", "--workers", "2", "--num-cpus", "2", "adapt.subjects_per_batch=2",
+                executor="ray") == 0
     a, b, c = keyed(rows(alone)), keyed(rows(together)), keyed(rows(on_ray))
     assert set(a) == {k for k in b if k[0].startswith("s05")}
     for k in a:  # the same unit, run alone or after another subject's: same arithmetic
         assert np.array_equal(a[k], b[k]), k
     assert b.keys() == c.keys()
-    for k in b:  # other processes and thread counts: float sums may round differently
+    for k in b:  # other processes, thread counts, shared forwards: sums may round differently
         np.testing.assert_allclose(b[k], c[k], atol=1e-5, err_msg=str(k))
+    units = Workspace(str(on_ray)).read_table("adapt_units").to_pandas()
+    shared = [dict(r.seconds)["subjects_in_forward"] for r in units.itertuples() if r.method == "clip-autt"]
+    assert shared == [2.0, 2.0]
 
 
 def test_a_failing_unit_is_recorded_while_the_others_finish_and_a_rerun_redoes_it_alone(
