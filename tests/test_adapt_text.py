@@ -49,12 +49,44 @@ def test_fast_path_truncates_to_the_last_eos_and_agrees(tiny, prompts) -> None:
     tokens = template_tokens(tower, tiny.tokenizer, prompts, 4)
     plain, fast = ContextPrompts(tower, tokens, fast=False), ContextPrompts(tower, tokens, fast=True)
     assert fast.length == int(tokens.eos.max()) + 1 == 18
+    assert len(fast.buckets) == 3 and sum(len(r) * n for r, n in fast.buckets) == 590  # not 47 x 18
+    assert sorted(i for r, _ in fast.buckets for i in r) == list(range(len(prompts)))
     ctx = plain.initial_context().unsqueeze(0) + 0.05 * torch.randn(1, len(prompts), 4, 64,
                                                                     generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         a, b = plain.features(ctx), fast.features(ctx)
     assert torch.allclose(a, b, atol=1e-5, rtol=0)
     assert not torch.equal(ctx, plain.initial_context().unsqueeze(0))
+    # the gradient w.r.t. the context agrees too (what adaptation follows)
+    grads = []
+    for path in (plain, fast):
+        leaf = ctx.clone().requires_grad_(True)
+        path.features(leaf).square().sum().backward()
+        grads.append(leaf.grad)
+    scale = grads[0].abs().max()  # float32 sums of large terms: compare relative to the largest
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * scale
+
+
+def test_length_buckets_pad_fewest_tokens() -> None:
+    import itertools
+    import random
+
+    from pipeline.adapt.context import length_buckets
+
+    rng = random.Random(0)
+    for _ in range(200):
+        ends = [rng.randint(3, 20) for _ in range(rng.randint(1, 12))]
+        for most in (1, 2, 3):
+            got = length_buckets(ends, most)
+            assert len(got) <= most and sorted(i for r, _ in got for i in r) == list(range(len(ends)))
+            assert all(max(ends[i] for i in r) == n for r, n in got)
+            lengths = sorted(set(ends))
+            best = min(  # every way to cut the sorted lengths into at most `most` runs
+                sum(sum(ends.count(x) for x in run) * run[-1] for run in
+                    (lengths[a:b] for a, b in zip((0, *cuts), (*cuts, len(lengths)))))
+                for k in range(min(most, len(lengths)))
+                for cuts in itertools.combinations(range(1, len(lengths)), k))
+            assert sum(len(r) * n for r, n in got) == best
 
 
 def test_several_contexts_in_one_forward_are_independent(tiny, prompts) -> None:

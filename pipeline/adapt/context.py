@@ -104,10 +104,13 @@ class ContextPrompts:
             zero_id = tower.embed(torch.zeros(k, 1, dtype=torch.long))
             pad = torch.zeros(k, tower.context_length - n - 2, tower.width, dtype=sos.dtype, device=dev)
             self.start, self.sos, self.rest = None, sos, torch.cat([zero_id, pad], dim=1)
-        # Fast path: only the tokens up to the last read-out position (the causal mask makes
-        # later tokens irrelevant to it); plain path: the whole context.
+        # Fast path: each prompt runs only up to its read-out position (the causal mask makes
+        # later tokens irrelevant to it), prompts of similar length in one forward each;
+        # plain path: the whole context, every prompt in one forward.
         self.length = int(self.eos.max()) + 1 if fast else tower.context_length
         self.length = max(self.length, n + 1)  # keep SOS + context even if a read-out comes earlier
+        ends = (tokens.eos + 1).clamp(min=n + 1).tolist()
+        self.buckets = length_buckets(ends, MAX_BUCKETS) if fast else [(list(range(k)), self.length)]
 
     def initial_context(self, shared: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """[K or 1, n_ctx, w] starting context: the template prefix's token embeddings (one
@@ -131,7 +134,54 @@ class ContextPrompts:
         return torch.cat([sos, ctx, rest], dim=2).reshape(s * k, self.length, w)
 
     def features(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Context [S, K or 1, n_ctx, w] -> raw text features [S, K, d] (one forward)."""
-        s = ctx.shape[0]
-        out = self.tower(self.embeddings(ctx), self.eos.repeat(s))
-        return out.reshape(s, self.tokens.n_prompts, -1)
+        """Context [S, K or 1, n_ctx, w] -> raw text features [S, K, d] (one forward per
+        length bucket)."""
+        s, k = ctx.shape[0], self.tokens.n_prompts
+        tokens = self.embeddings(ctx).reshape(s, k, self.length, -1)
+        if len(self.buckets) == 1:
+            out = self.tower(tokens.reshape(s * k, self.length, -1), self.eos.repeat(s))
+            return out.reshape(s, k, -1)
+        parts, order = [], []
+        for rows, length in self.buckets:
+            idx = torch.as_tensor(rows, device=tokens.device)
+            x = tokens[:, idx, :length].reshape(s * len(rows), length, -1)
+            parts.append(self.tower(x, self.eos[idx].repeat(s)).reshape(s, len(rows), -1))
+            order += rows
+        out = torch.cat(parts, dim=1)
+        back = torch.empty(k, dtype=torch.long, device=out.device)
+        back[torch.as_tensor(order, device=out.device)] = torch.arange(k, device=out.device)
+        return out[:, back]
+
+
+MAX_BUCKETS = 3  # forwards per step on the fast path: fewer padded tokens, a few more calls
+
+
+def length_buckets(ends: list[int], max_buckets: int) -> list[tuple[list[int], int]]:
+    """Split prompts (token counts ``ends``) into at most ``max_buckets`` groups of similar
+    length, each run at its longest member's length, so that the padded tokens in all are
+    fewest (exact, by dynamic programming over the sorted distinct lengths).
+    Out: [(prompt indices, length)] by increasing length."""
+    lengths = sorted(set(ends))
+    count = {n: ends.count(n) for n in lengths}
+    m = len(lengths)
+    # cost[i][j]: prompts with lengths[i..j] run at lengths[j]
+    cost = [[sum(count[lengths[t]] for t in range(i, j + 1)) * lengths[j] if j >= i else 0
+             for j in range(m)] for i in range(m)]
+    inf = float("inf")
+    best = [[inf] * (m + 1) for _ in range(max_buckets + 1)]  # best[b][j]: first j lengths in b groups
+    cut = [[0] * (m + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0
+    for b in range(1, max_buckets + 1):
+        for j in range(1, m + 1):
+            for i in range(j):
+                c = best[b - 1][i] + cost[i][j - 1]
+                if c < best[b][j]:
+                    best[b][j], cut[b][j] = c, i
+    b = min(range(1, max_buckets + 1), key=lambda x: (best[x][m], x))
+    groups, j = [], m
+    while b:
+        i = cut[b][j]
+        members = set(lengths[i:j])
+        groups.append(([p for p, n in enumerate(ends) if n in members], lengths[j - 1]))
+        j, b = i, b - 1
+    return groups[::-1]
