@@ -177,7 +177,7 @@ def train_head(sequences: Sequence[np.ndarray], labels: Sequence[int] | np.ndarr
                           classifier_hidden=cfg.classifier_hidden)
     device = torch.device(cfg.device)
     bank = ClipBank(list(sequences), dtype=np.float32)
-    text = torch.from_numpy(au_text).to(device)
+    text = torch.tensor(au_text, dtype=torch.float32, device=device)  # a copy: au_text may be read-only
     val_clips = torch.from_numpy(bank.clips(val_rows, cfg.clip_len, cfg.stride)).to(device)
     val_y = labels[val_rows]
     curve: list[dict[str, float]] = []
@@ -227,7 +227,7 @@ def predict(head: CLIPAUHead, sequences: Sequence[np.ndarray], au_text: np.ndarr
     was_training = head.training
     head.eval()
     try:
-        au = head.au_features(torch.as_tensor(np.asarray(au_text, dtype=np.float32), device=device))
+        au = head.au_features(torch.tensor(np.asarray(au_text), dtype=torch.float32, device=device))
         outs = [head.forward_au(torch.from_numpy(clips[i:i + batch_size]).to(device), au, True)
                 for i in range(0, len(clips), batch_size)]
     finally:
