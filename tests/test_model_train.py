@@ -189,3 +189,27 @@ def test_read_only_inputs_raise_no_numpy_writable_warning() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_fused_adamw_agrees_with_the_plain_loop() -> None:
+    from pipeline.model.head import HeadConfig
+    from pipeline.model.train import make_optimizer
+
+    seqs, labels, _, text = synthetic(n_subjects=2, per_class=2)
+    x = torch.from_numpy(np.stack([s[:8] for s in seqs]))
+    y = torch.from_numpy(labels)
+    heads = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        head = CLIPAUHead(HeadConfig(D, K, 2, adapter_hidden=32, classifier_hidden=16))
+        opt = make_optimizer(head.parameters(), 1e-3, 1e-4, fused=fused)
+        assert opt.defaults["fused"] is (True if fused else None)
+        for _ in range(20):
+            loss = torch.nn.functional.cross_entropy(head(x, torch.from_numpy(text)).logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        heads.append(head.state_dict())
+    assert make_optimizer(CLIPAUHead(HeadConfig(D, K, 2)).parameters(), 1e-3, 1e-4).defaults["fused"]
+    for name, value in heads[0].items():
+        torch.testing.assert_close(value, heads[1][name], rtol=1e-5, atol=1e-6, msg=name)
