@@ -99,8 +99,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true",
                    help="even when its command still runs on this host")
-    p = sub.add_parser("bench", help="benchmarks: faces | embed | memory | plan | adapt")
-    p.add_argument("which", choices=["faces", "embed", "memory", "plan", "adapt"])
+    p = sub.add_parser("bench", help="benchmarks: faces | embed | memory | plan | train | adapt")
+    p.add_argument("which", choices=["faces", "embed", "memory", "plan", "train", "adapt"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return ap
 

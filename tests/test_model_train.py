@@ -164,3 +164,52 @@ def test_refuses_data_that_cannot_be_trained_on() -> None:
         train_head(seqs[::6], labels[::6], subjects[::6], au_text, 2, TrainConfig(validation="videos"))
     with pytest.raises(ValueError, match="train.validation"):
         TrainConfig(validation="folds")
+
+
+def test_read_only_inputs_raise_no_numpy_writable_warning() -> None:
+    """Text features read from Arrow are read-only arrays; train_head and predict copy them
+    instead of handing torch a non-writable buffer. Torch warns once per process, so the
+    check runs in a fresh interpreter."""
+    import subprocess
+
+    code = (
+        "import warnings, numpy as np, torch\n"
+        "warnings.simplefilter('error')\n"
+        "from tests.test_model_train import synthetic, FAST\n"
+        "from pipeline.model.head import CLIPAUHead\n"
+        "from pipeline.model.train import predict, train_head\n"
+        "torch.set_num_threads(1)\n"
+        "seqs, labels, subjects, text = synthetic(n_subjects=3, per_class=2)\n"
+        "text.setflags(write=False)\n"
+        "for s in seqs: s.setflags(write=False)\n"
+        "res = train_head(seqs, labels, subjects, text, 2, FAST)\n"
+        "head = CLIPAUHead(res.head_config); head.load_state_dict(res.state_dict)\n"
+        "predict(head, seqs, text, FAST.clip_len, FAST.stride)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_fused_adamw_agrees_with_the_plain_loop() -> None:
+    from pipeline.model.head import HeadConfig
+    from pipeline.model.train import make_optimizer
+
+    seqs, labels, _, text = synthetic(n_subjects=2, per_class=2)
+    x = torch.from_numpy(np.stack([s[:8] for s in seqs]))
+    y = torch.from_numpy(labels)
+    heads = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        head = CLIPAUHead(HeadConfig(D, K, 2, adapter_hidden=32, classifier_hidden=16))
+        opt = make_optimizer(head.parameters(), 1e-3, 1e-4, fused=fused)
+        assert opt.defaults["fused"] is (True if fused else None)
+        for _ in range(20):
+            loss = torch.nn.functional.cross_entropy(head(x, torch.from_numpy(text)).logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        heads.append(head.state_dict())
+    assert make_optimizer(CLIPAUHead(HeadConfig(D, K, 2)).parameters(), 1e-3, 1e-4).defaults["fused"]
+    for name, value in heads[0].items():
+        torch.testing.assert_close(value, heads[1][name], rtol=1e-5, atol=1e-6, msg=name)

@@ -143,6 +143,20 @@ def split_rows(rows: np.ndarray, subjects: np.ndarray, cfg: TrainConfig,
     return train, val
 
 
+def make_optimizer(params, lr: float, weight_decay: float, fused: bool | None = None) -> torch.optim.Optimizer:
+    """The head's AdamW (method.md: lr 1e-3, weight decay 1e-4). ``fused`` None: torch's fused
+    kernel where the parameters' device has one (one pass over all parameters per step instead
+    of about ten elementwise ops per tensor: about a third of a CPU step for d = 512); it
+    agrees with the plain loop to float rounding, and is deterministic."""
+    params = list(params)
+    if fused is None:
+        try:
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except RuntimeError:  # no fused kernel for this device or dtype: the plain loop
+            fused = False
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 @contextlib.contextmanager
 def _isolated(device: torch.device, seed: int) -> Iterator[None]:
     """Seeded torch RNG and deterministic algorithms inside; the caller's state restored after."""
@@ -177,14 +191,14 @@ def train_head(sequences: Sequence[np.ndarray], labels: Sequence[int] | np.ndarr
                           classifier_hidden=cfg.classifier_hidden)
     device = torch.device(cfg.device)
     bank = ClipBank(list(sequences), dtype=np.float32)
-    text = torch.from_numpy(au_text).to(device)
+    text = torch.tensor(au_text, dtype=torch.float32, device=device)  # a copy: au_text may be read-only
     val_clips = torch.from_numpy(bank.clips(val_rows, cfg.clip_len, cfg.stride)).to(device)
     val_y = labels[val_rows]
     curve: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor], float] | None = None
     with _isolated(device, cfg.seed):
         head = CLIPAUHead(head_cfg).to(device)
-        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = make_optimizer(head.parameters(), cfg.lr, cfg.weight_decay)
         for epoch in range(1, cfg.epochs + 1):
             head.train()
             order = rng.permutation(train_rows)
@@ -227,7 +241,7 @@ def predict(head: CLIPAUHead, sequences: Sequence[np.ndarray], au_text: np.ndarr
     was_training = head.training
     head.eval()
     try:
-        au = head.au_features(torch.as_tensor(np.asarray(au_text, dtype=np.float32), device=device))
+        au = head.au_features(torch.tensor(np.asarray(au_text), dtype=torch.float32, device=device))
         outs = [head.forward_au(torch.from_numpy(clips[i:i + batch_size]).to(device), au, True)
                 for i in range(0, len(clips), batch_size)]
     finally:
