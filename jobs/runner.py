@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pipeline import io
 from pipeline.config import RunConfig
-from pipeline.shards import Fingerprint, Plan, execute
+from pipeline.shards import Fingerprint, Plan, execute, local_node_id
 from pipeline.workspace import Workspace
 
 # Environment the actors need as the driver has it: fault hooks, the model hub, and storage
@@ -49,17 +49,30 @@ class StageRun:
 
 class _Worker:
     """Holds one built stage; runs shards on it (a Ray actor, or a plain object locally).
-    On Ray its torch threads are the CPUs Ray gave this actor; locally torch's default."""
+    On Ray its torch threads are the CPUs Ray gave this actor; locally torch's default.
+    Every unit's statistics record the node it ran on (:func:`node_id`)."""
 
     def __init__(self, factory: Callable, on_ray: bool):
         import pipeline  # noqa: F401  (torchvision fix in this process)
 
         self.num_threads = actor_threads() if on_ray else None
+        self.node_id = node_id()
         self.stage = factory(self.num_threads)
 
     def run(self, root: str, shard_id: str, fps: dict, mode: str, run_id: str,
             strict: bool = False) -> dict:
-        return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id, strict=strict)
+        return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id, strict=strict,
+                       node_id=self.node_id)
+
+
+def node_id() -> str:
+    """Where the calling process runs: its Ray node's id (hex) inside a Ray worker or a driver
+    connected to Ray, else the stable local id (``local:<hostname>``). Ray is not imported
+    for this: a process that never imported it is not on Ray."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return local_node_id()
 
 
 def actor_threads() -> int:

@@ -190,8 +190,13 @@ def describe_change(marker: dict, fp: Fingerprint, inputs: bool = True) -> list[
     return why
 
 
+def local_node_id() -> str:
+    """The node id recorded for work done outside Ray: stable for a machine (its host name)."""
+    return f"local:{socket.gethostname()}"
+
+
 def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[str, Fingerprint],
-            mode: str, run_id: str, strict: bool = False) -> dict:
+            mode: str, run_id: str, strict: bool = False, node_id: str | None = None) -> dict:
     """Run one unit end to end and commit it. Returns the summary recorded in its markers.
 
     ``fingerprints`` maps each output table to its fingerprint. In ``retry`` and ``delta``
@@ -199,7 +204,10 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
     the other samples' rows are kept as committed. Every table's files are written under
     this attempt's names first; the markers come last, in ``stage.outputs`` order.
     ``strict``: a failed sample aborts the unit (``StrictAbort``) before anything commits.
+    ``node_id``: where this runs, for the statistics (the caller knows; default
+    :func:`local_node_id`).
     """
+    node_id = node_id or local_node_id()
     where = f"{stage.name}/{shard_id}"
     faults.maybe_fail("shard_start", where)
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -261,7 +269,7 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
         parquet.write(ws.url(*files["data"].split("/")), parquet.with_run_metadata(data, **meta))
         _write_errors(ws, stage, files["errors"], shard_id, data, extra, run_id, meta)
         _write_stats(ws, stage, files["stats"], shard_id, rows_in, data, counts, seconds, started,
-                     fp, run_id, meta)
+                     fp, run_id, meta, node_id)
         samples = _merge_samples(committed[table], input_samples.get(table), redo)
         summaries[table] = {
             "rows": data.num_rows, "status_counts": dict(counts), "output_digest": out_digest,
@@ -284,7 +292,7 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **s}
     ws.commit(shard_id, entries, previous=committed)  # every table of the unit at once
     return {"shard_id": shard_id, "rows_in": rows_in, "processed": len(rows["sample_id"]),
-            "seconds": seconds, "mode": mode,
+            "seconds": seconds, "mode": mode, "node_id": node_id,
             "tables": {t: {"rows": s["rows"], "status_counts": s["status_counts"]}
                        for t, s in summaries.items()}}
 
@@ -403,12 +411,13 @@ def _write_errors(ws, stage, rel: str, shard_id, data: pa.Table, extra: list[dic
 
 
 def _write_stats(ws, stage, rel: str, shard_id, rows_in, data, counts, seconds, started, fp, run_id,
-                 meta) -> None:
+                 meta, node_id: str) -> None:
     from schemas import get
 
     row = {"stage": [stage.name], "shard_id": [shard_id], "run_id": [run_id],
            "rows_in": [rows_in], "rows_out": [data.num_rows],
            "status_counts": [list(counts.items())], "seconds": [list(seconds.items())],
-           "started_at": [started], "host": [socket.gethostname()], "fingerprint": [fp.value]}
+           "started_at": [started], "host": [socket.gethostname()], "fingerprint": [fp.value],
+           "node_id": [node_id]}
     parquet.write(ws.url(*rel.split("/")),
                   parquet.with_run_metadata(parquet.to_table(row, get("stats")), **meta))
