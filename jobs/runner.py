@@ -28,6 +28,9 @@ from pipeline.workspace import Workspace
 # endpoints and credentials (a cluster started earlier does not see what was set since).
 FORWARDED_ENV = ("AUTT_", "HF_", "AWS_", "FSSPEC_")
 WAIT_NOTICE_S = 120
+# The Ray resources actors request (num_cpus / num_gpus) and the cluster is sized by: a
+# cluster's nodes must declare their GPUs under this name (infra/ configs; tests/test_infra.py).
+CPU, GPU = "CPU", "GPU"
 log = logging.getLogger(__name__)  # no shard finished for this long: print what the actors are waiting for
 
 
@@ -110,7 +113,7 @@ def _resources(run: RunConfig, n_todo: int, wants_gpu: bool | float) -> tuple[in
     import ray
 
     res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    cpus, gpus = float(res.get(CPU, 1)), float(res.get(GPU, 0))
     if wants_gpu and gpus >= 1:
         share = 1.0 if wants_gpu is True else float(wants_gpu)
         n = run.workers or int(gpus / share)
