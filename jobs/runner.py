@@ -53,13 +53,14 @@ class StageRun:
 class _Worker:
     """Holds one built stage; runs shards on it (a Ray actor, or a plain object locally).
     On Ray its torch threads are the CPUs Ray gave this actor; locally torch's default.
-    Every unit's statistics record the node it ran on (:func:`node_id`)."""
+    Every unit's statistics record the node it ran on: its Ray node's id on Ray, the stable
+    local id (``local:<hostname>``) in-process."""
 
     def __init__(self, factory: Callable, on_ray: bool):
         import pipeline  # noqa: F401  (torchvision fix in this process)
 
         self.num_threads = actor_threads() if on_ray else None
-        self.node_id = node_id()
+        self.node_id = node_id() if on_ray else local_node_id()
         self.stage = factory(self.num_threads)
 
     def run(self, root: str, shard_id: str, fps: dict, mode: str, run_id: str,
@@ -108,21 +109,32 @@ def ray_session(run: RunConfig):
 
 
 def _resources(run: RunConfig, n_todo: int, wants_gpu: bool | float) -> tuple[int, float, float]:
-    """(workers, cpus per worker, gpus per worker) from the cluster. ``wants_gpu``: True for
-    a whole GPU per worker, a fraction in (0, 1) to share each GPU between workers."""
+    """(workers, cpus per worker, gpus per worker) for the alive nodes of the cluster."""
     import ray
 
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get(CPU, 1)), float(res.get(GPU, 0))
-    if wants_gpu and gpus >= 1:
-        share = 1.0 if wants_gpu is True else float(wants_gpu)
-        n = run.workers or int(gpus / share)
-        n = max(1, min(n, n_todo))
-        return n, max(0.5, min(cpus / n, 4.0) * 0.9), share
-    n = max(1, min(run.workers or int(cpus), n_todo))
-    per = cpus / n
-    # Slightly under a whole share, so a driver-side task or a restarted actor still fits.
-    return n, per * 0.9, 0.0
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive", True)]
+    return plan_resources(nodes, run.workers, n_todo, wants_gpu)
+
+
+def plan_resources(nodes: list[dict[str, float]], workers: int | None, n_todo: int,
+                   wants_gpu: bool | float) -> tuple[int, float, float]:
+    """(workers, cpus per worker, gpus per worker) from each node's resources. ``wants_gpu``:
+    True for a whole GPU per worker, a fraction in (0, 1) to share each GPU between workers.
+    An actor lives on one node: its CPUs never exceed what one node has (on a GPU node, that
+    node's CPUs over the actors its GPUs take), slightly under a whole share, so a driver-side
+    task or a restarted actor still fits. Without node information, one 1-CPU node."""
+    nodes = [n for n in nodes if n.get(CPU, 0) > 0 or n.get(GPU, 0) > 0] or [{CPU: 1.0}]
+    cpus = sum(float(n.get(CPU, 0)) for n in nodes)
+    share = 1.0 if wants_gpu is True else float(wants_gpu or 0)
+    gpu_nodes = [g for g in nodes if share and float(g.get(GPU, 0)) >= share]
+    if gpu_nodes:
+        slots = sum(int(float(g[GPU]) / share + 1e-9) for g in gpu_nodes)  # actors the GPUs take
+        n = max(1, min(workers or slots, n_todo))
+        fit = min(float(g.get(CPU, 0)) * share / float(g[GPU]) for g in gpu_nodes)
+        return n, max(0.05, min(cpus / n, 4.0, fit) * 0.9), share
+    n = max(1, min(workers or int(cpus), n_todo))
+    biggest = max(float(x.get(CPU, 0)) for x in nodes)
+    return n, max(0.05, min(cpus / n, biggest) * 0.9), 0.0
 
 
 def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,

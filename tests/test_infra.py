@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from jobs import cli, runner
-from pipeline.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -130,11 +129,10 @@ def node_types(name: str) -> dict:
 
 
 @pytest.mark.parametrize("share", [True, 0.25])
-def test_the_launcher_gpu_workers_are_what_the_runner_asks_for(monkeypatch, share):
-    """The cluster the launcher config makes, as Ray reports it: GPU stages get one actor per
-    GPU (or per share of one) and CPU-only work stays on the CPUs."""
-    import ray
-
+def test_the_launcher_gpu_workers_are_what_the_runner_asks_for(share):
+    """The nodes the launcher config makes, as Ray would report them: GPU stages get one
+    actor per GPU (or per share of one) that fits on a GPU node, and CPU-only work stays on
+    the CPUs, no actor asking more CPUs than one node has."""
     config = load("cluster-aws.yaml")
     types = node_types("cluster-aws.yaml")
     head = types[config["head_node_type"]]
@@ -145,16 +143,29 @@ def test_the_launcher_gpu_workers_are_what_the_runner_asks_for(monkeypatch, shar
         assert set(t["resources"]) <= {runner.CPU, runner.GPU}, t["resources"]
     for t in gpu_types.values():  # started with the cluster: stages size actors on what exists
         assert t["min_workers"] == t["max_workers"] >= 1
-    total = dict(head["resources"])
-    for t in gpu_types.values():
-        for k, v in t["resources"].items():
-            total[k] = total.get(k, 0) + v * t["min_workers"]
-    monkeypatch.setattr(ray, "cluster_resources", lambda: dict(total))
-    n, cpus, gpus = runner._resources(RunConfig(), 1000, share)
+    nodes = [head["resources"]] + [t["resources"] for t in gpu_types.values() for _ in range(t["min_workers"])]
+    n_gpus = sum(x.get(runner.GPU, 0) for x in nodes)
     per = 1.0 if share is True else share
-    assert gpus == per and n == int(total[runner.GPU] / per)
-    n, cpus, gpus = runner._resources(RunConfig(), 1000, False)
-    assert gpus == 0 and n == int(total[runner.CPU])
+    n, cpus, gpus = runner.plan_resources(nodes, None, 1000, share)
+    assert gpus == per and n == int(n_gpus / per)
+    for t in gpu_types.values():  # every actor of a GPU node fits there, CPUs included
+        on_one = int(t["resources"][runner.GPU] / per)
+        assert on_one * cpus <= t["resources"][runner.CPU]
+    n, cpus, gpus = runner.plan_resources(nodes, None, 1000, False)
+    assert gpus == 0 and n == int(sum(x[runner.CPU] for x in nodes))
+
+
+def test_no_actor_asks_more_cpus_than_one_node_has():
+    """Three 1-CPU nodes and one unit: the unit's actor asks under 1 CPU (it once asked 2.7,
+    which no node had, and waited for ever)."""
+    nodes = [{"CPU": 1.0, "autt_head": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}]
+    assert runner.plan_resources(nodes, None, 1, False) == (1, 0.9, 0.0)
+    n, cpus, _ = runner.plan_resources(nodes, None, 10, False)
+    assert n == 3 and cpus <= 1.0
+    n, cpus, gpus = runner.plan_resources([{"CPU": 2.0, "GPU": 1.0}], None, 10, 0.25)
+    assert (n, gpus) == (4, 0.25) and 4 * cpus <= 2.0
+    assert runner.plan_resources([{"CPU": 4.0, "GPU": 0.5}], None, 10, True) == (4, 0.9, 0.0)  # no whole GPU
+    assert runner.plan_resources([], None, 3, False) == (1, 0.9, 0.0)
 
 
 def test_the_onprem_config_installs_the_extras_the_image_does():
