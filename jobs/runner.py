@@ -27,6 +27,10 @@ from pipeline.workspace import Workspace
 # Environment the actors need as the driver has it: fault hooks, the model hub, and storage
 # endpoints and credentials (a cluster started earlier does not see what was set since).
 FORWARDED_ENV = ("AUTT_", "HF_", "AWS_", "FSSPEC_")
+# Of those, the ones that hold credentials. Ray logs a runtime_env whole (its env_vars in the
+# runtime_env agent's log), so these reach the actors as constructor arguments instead, set
+# in the actor's environment before its stage is built; their values are never logged.
+SECRET_ENV_WORDS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "KEY")
 WAIT_NOTICE_S = 120
 # The Ray resources actors request (num_cpus / num_gpus) and the cluster is sized by: a
 # cluster's nodes must declare their GPUs under this name (infra/ configs; tests/test_infra.py).
@@ -56,7 +60,8 @@ class _Worker:
     Every unit's statistics record the node it ran on: its Ray node's id on Ray, the stable
     local id (``local:<hostname>``) in-process."""
 
-    def __init__(self, factory: Callable, on_ray: bool):
+    def __init__(self, factory: Callable, on_ray: bool, secret_env: dict[str, str] | None = None):
+        os.environ.update(secret_env or {})  # before anything reads them (storage clients)
         import pipeline  # noqa: F401  (torchvision fix in this process)
 
         self.num_threads = actor_threads() if on_ray else None
@@ -77,6 +82,15 @@ def node_id() -> str:
     if ray is not None and ray.is_initialized():
         return ray.get_runtime_context().get_node_id()
     return local_node_id()
+
+
+def forwarded_env() -> tuple[dict[str, str], dict[str, str]]:
+    """The driver's environment its actors need (``FORWARDED_ENV``), split into the plain
+    variables (a runtime_env's env_vars) and the credentials (``SECRET_ENV_WORDS`` in the
+    name: passed to each actor's constructor, never through Ray's logged runtime_env)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    secret = {k: v for k, v in env.items() if any(w in k.upper() for w in SECRET_ENV_WORDS)}
+    return {k: v for k, v in env.items() if k not in secret}, secret
 
 
 def actor_threads() -> int:
@@ -176,11 +190,11 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
 
     todo = plan.todo
     n, cpus, gpus = _resources(run, len(todo), wants_gpu)
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    env, secrets = forwarded_env()
     actor_cls = ray.remote(_Worker).options(
         num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2,
         runtime_env={"env_vars": env} if env else None)
-    actors = [actor_cls.remote(factory, True) for _ in range(n)]
+    actors = [actor_cls.remote(factory, True, secrets) for _ in range(n)]
     pending: dict = {}
     queue = list(todo)
     try:
@@ -211,7 +225,7 @@ def _run_on_ray(name, ws, factory, plan, fingerprints, run_id, run, wants_gpu, p
                     # out of restarts: replace it so the queue does not die with it
                     ray.kill(actor)
                     actors.remove(actor)
-                    actor = actor_cls.remote(factory, True)
+                    actor = actor_cls.remote(factory, True, secrets)
                     actors.append(actor)
                 free.append(actor)
                 continue

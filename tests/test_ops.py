@@ -187,3 +187,18 @@ def test_statistics_written_before_node_ids_read_back_with_a_null_node(micro, tm
     assert stats.schema.names == schemas.get("stats").names
     by_shard = dict(zip(stats.column("shard_id").to_pylist(), stats.column("node_id").to_pylist()))
     assert by_shard[first] is None and None not in [v for k, v in by_shard.items() if k != first]
+
+
+def test_credentials_reach_actors_outside_the_logged_runtime_env(monkeypatch):
+    """Ray logs a runtime_env whole: only plain variables go there; credentials go to each
+    actor's constructor (tests/test_cluster.py checks Ray's logs on S3)."""
+    from jobs.runner import forwarded_env
+
+    for key, value in {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ACCESS_KEY_ID": "k", "AWS_SESSION_TOKEN": "t",
+                       "HF_TOKEN": "h", "AWS_ENDPOINT_URL": "http://x", "AUTT_FAULT": "f",
+                       "UNRELATED": "u"}.items():
+        monkeypatch.setenv(key, value)
+    plain, secret = forwarded_env()
+    assert set(secret) >= {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "HF_TOKEN"}
+    assert {"AWS_ENDPOINT_URL", "AUTT_FAULT"} <= set(plain) and not set(plain) & set(secret)
+    assert "UNRELATED" not in plain and "UNRELATED" not in secret
