@@ -46,6 +46,23 @@ def free_port_block(n: int) -> int:
     raise RuntimeError(f"no block of {n} free ports found")
 
 
+def alive_in_group(pgid: int) -> list[int]:
+    """Processes of process group ``pgid`` that still run (zombies, which a container's init
+    may leave unreaped, do not count)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)"
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
 @dataclass
 class LocalCluster:
     workers: int = 2
@@ -158,11 +175,12 @@ class LocalCluster:
                 p.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            try:  # the node's children (raylet, workers) share the group we started it in
+            if alive_in_group(p.pid):  # the node's children (raylet, workers) share its group
                 os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             p.wait()
+        deadline = time.monotonic() + 10
+        while any(alive_in_group(p.pid) for p in self.procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
         for d in self.temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
         for log in self.logs:
