@@ -16,7 +16,7 @@ import functools
 import json
 
 from jobs.faces import faces_fingerprints, wants_gpu
-from jobs.runner import StageRun, run_shards
+from jobs.runner import StageRun, node_id, run_shards
 from pipeline import config as cfgmod
 from pipeline import io
 from pipeline.config import Config
@@ -84,7 +84,8 @@ class TextFeatures:
     def write(self, run_id: str) -> None:
         if self.plan.todo:
             stage = TextFeaturesStage(self.bb, self.cfg.prompts, self.classes)
-            execute(self.ws, stage, TEXT_UNIT, {self.table: self.fp}, "full", run_id)
+            execute(self.ws, stage, TEXT_UNIT, {self.table: self.fp}, "full", run_id,
+                    node_id=node_id())  # the driver's node
 
 
 def run(cfg: Config, run_id: str) -> StageRun:

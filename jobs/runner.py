@@ -12,6 +12,7 @@ import datetime as _dt
 import logging
 import os
 import re
+import sys
 import time
 import traceback
 from collections import Counter
@@ -21,13 +22,20 @@ from dataclasses import dataclass, field
 from jobs import progress as _bars
 from pipeline import io
 from pipeline.config import RunConfig
-from pipeline.shards import Fingerprint, Plan, execute, execute_group
+from pipeline.shards import Fingerprint, Plan, execute, execute_group, local_node_id
 from pipeline.workspace import Workspace
 
 # Environment the actors need as the driver has it: fault hooks, the model hub, and storage
 # endpoints and credentials (a cluster started earlier does not see what was set since).
 FORWARDED_ENV = ("AUTT_", "HF_", "AWS_", "FSSPEC_")
+# Of those, the ones that hold credentials. Ray logs a runtime_env whole (its env_vars in the
+# runtime_env agent's log), so these reach the actors as constructor arguments instead, set
+# in the actor's environment before its stage is built; their values are never logged.
+SECRET_ENV_WORDS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "KEY")
 WAIT_NOTICE_S = 120
+# The Ray resources actors request (num_cpus / num_gpus) and the cluster is sized by: a
+# cluster's nodes must declare their GPUs under this name (infra/ configs; tests/test_infra.py).
+CPU, GPU = "CPU", "GPU"
 log = logging.getLogger(__name__)  # no shard finished for this long: print what the actors are waiting for
 
 
@@ -49,24 +57,49 @@ class StageRun:
 
 class _Worker:
     """Holds one built stage; runs shards on it (a Ray actor, or a plain object locally).
-    On Ray its torch threads are the CPUs Ray gave this actor; locally torch's default."""
+    On Ray its torch threads are the CPUs Ray gave this actor; locally torch's default.
+    Every unit's statistics record the node it ran on: its Ray node's id on Ray, the stable
+    local id (``local:<hostname>``) in-process."""
 
-    def __init__(self, factory: Callable, on_ray: bool):
+    def __init__(self, factory: Callable, on_ray: bool, secret_env: dict[str, str] | None = None):
+        os.environ.update(secret_env or {})  # before anything reads them (storage clients)
         import pipeline  # noqa: F401  (torchvision fix in this process)
 
         self.num_threads = actor_threads() if on_ray else None
+        self.node_id = node_id() if on_ray else local_node_id()
         self.stage = factory(self.num_threads)
 
     def run(self, root: str, shard_id: str, fps: dict, mode: str, run_id: str,
             strict: bool = False) -> dict:
-        return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id, strict=strict)
+        return execute(Workspace(root), self.stage, shard_id, fps, mode, run_id, strict=strict,
+                       node_id=self.node_id)
 
     def run_group(self, root: str, shards: list[str], fps: dict, modes: dict, run_id: str,
                   strict: bool = False) -> dict:
         """Per shard: its summary, or (one-line error, full traceback) if it failed."""
-        got = execute_group(Workspace(root), self.stage, shards, fps, modes, run_id, strict=strict)
+        got = execute_group(Workspace(root), self.stage, shards, fps, modes, run_id, strict=strict,
+                            node_id=self.node_id)
         return {s: v if isinstance(v, dict) else
                 (_one_line(v), "".join(traceback.format_exception(v))) for s, v in got.items()}
+
+
+def node_id() -> str:
+    """Where the calling process runs: its Ray node's id (hex) inside a Ray worker or a driver
+    connected to Ray, else the stable local id (``local:<hostname>``). Ray is not imported
+    for this: a process that never imported it is not on Ray."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return local_node_id()
+
+
+def forwarded_env() -> tuple[dict[str, str], dict[str, str]]:
+    """The driver's environment its actors need (``FORWARDED_ENV``), split into the plain
+    variables (a runtime_env's env_vars) and the credentials (``SECRET_ENV_WORDS`` in the
+    name: passed to each actor's constructor, never through Ray's logged runtime_env)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    secret = {k: v for k, v in env.items() if any(w in k.upper() for w in SECRET_ENV_WORDS)}
+    return {k: v for k, v in env.items() if k not in secret}, secret
 
 
 def actor_threads() -> int:
@@ -99,21 +132,32 @@ def ray_session(run: RunConfig):
 
 
 def _resources(run: RunConfig, n_todo: int, wants_gpu: bool | float) -> tuple[int, float, float]:
-    """(workers, cpus per worker, gpus per worker) from the cluster. ``wants_gpu``: True for
-    a whole GPU per worker, a fraction in (0, 1) to share each GPU between workers."""
+    """(workers, cpus per worker, gpus per worker) for the alive nodes of the cluster."""
     import ray
 
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
-    if wants_gpu and gpus >= 1:
-        share = 1.0 if wants_gpu is True else float(wants_gpu)
-        n = run.workers or int(gpus / share)
-        n = max(1, min(n, n_todo))
-        return n, max(0.5, min(cpus / n, 4.0) * 0.9), share
-    n = max(1, min(run.workers or int(cpus), n_todo))
-    per = cpus / n
-    # Slightly under a whole share, so a driver-side task or a restarted actor still fits.
-    return n, per * 0.9, 0.0
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive", True)]
+    return plan_resources(nodes, run.workers, n_todo, wants_gpu)
+
+
+def plan_resources(nodes: list[dict[str, float]], workers: int | None, n_todo: int,
+                   wants_gpu: bool | float) -> tuple[int, float, float]:
+    """(workers, cpus per worker, gpus per worker) from each node's resources. ``wants_gpu``:
+    True for a whole GPU per worker, a fraction in (0, 1) to share each GPU between workers.
+    An actor lives on one node: its CPUs never exceed what one node has (on a GPU node, that
+    node's CPUs over the actors its GPUs take), slightly under a whole share, so a driver-side
+    task or a restarted actor still fits. Without node information, one 1-CPU node."""
+    nodes = [n for n in nodes if n.get(CPU, 0) > 0 or n.get(GPU, 0) > 0] or [{CPU: 1.0}]
+    cpus = sum(float(n.get(CPU, 0)) for n in nodes)
+    share = 1.0 if wants_gpu is True else float(wants_gpu or 0)
+    gpu_nodes = [g for g in nodes if share and float(g.get(GPU, 0)) >= share]
+    if gpu_nodes:
+        slots = sum(int(float(g[GPU]) / share + 1e-9) for g in gpu_nodes)  # actors the GPUs take
+        n = max(1, min(workers or slots, n_todo))
+        fit = min(float(g.get(CPU, 0)) * share / float(g[GPU]) for g in gpu_nodes)
+        return n, max(0.05, min(cpus / n, 4.0, fit) * 0.9), share
+    n = max(1, min(workers or int(cpus), n_todo))
+    biggest = max(float(x.get(CPU, 0)) for x in nodes)
+    return n, max(0.05, min(cpus / n, biggest) * 0.9), 0.0
 
 
 def run_shards(name: str, ws: Workspace, factory: Callable, plan: Plan,
@@ -219,11 +263,11 @@ def _run_on_ray(state: _Progress, factory: Callable, plan: Plan, items: list[lis
 
     run, ws, fps, name = state.run, state.ws, state.fingerprints, state.name
     n, cpus, gpus = _resources(run, len(items), wants_gpu)
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    env, secrets = forwarded_env()
     actor_cls = ray.remote(_Worker).options(
         num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2,
         runtime_env={"env_vars": env} if env else None)
-    actors = [actor_cls.remote(factory, True) for _ in range(n)]
+    actors = [actor_cls.remote(factory, True, secrets) for _ in range(n)]
     pending: dict = {}
     queue = list(items)
     try:
@@ -259,7 +303,7 @@ def _run_on_ray(state: _Progress, factory: Callable, plan: Plan, items: list[lis
                     # out of restarts: replace it so the queue does not die with it
                     ray.kill(actor)
                     actors.remove(actor)
-                    actor = actor_cls.remote(factory, True)
+                    actor = actor_cls.remote(factory, True, secrets)
                     actors.append(actor)
                 free.append(actor)
                 continue

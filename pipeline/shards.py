@@ -190,6 +190,11 @@ def describe_change(marker: dict, fp: Fingerprint, inputs: bool = True) -> list[
     return why
 
 
+def local_node_id() -> str:
+    """The node id recorded for work done outside Ray: stable for a machine (its host name)."""
+    return f"local:{socket.gethostname()}"
+
+
 @dataclass
 class _Open:
     """One unit between loading its inputs and committing its outputs."""
@@ -227,7 +232,7 @@ def _open(ws: Workspace, stage: ShardStage, shard_id: str, mode: str) -> _Open:
 
 
 def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[str, Fingerprint],
-            mode: str, run_id: str, strict: bool = False) -> dict:
+            mode: str, run_id: str, strict: bool = False, node_id: str | None = None) -> dict:
     """Run one unit end to end and commit it. Returns the summary recorded in its markers.
 
     ``fingerprints`` maps each output table to its fingerprint. In ``retry`` and ``delta``
@@ -235,17 +240,20 @@ def execute(ws: Workspace, stage: ShardStage, shard_id: str, fingerprints: dict[
     the other samples' rows are kept as committed. Every table's files are written under
     this attempt's names first; the markers come last, in ``stage.outputs`` order.
     ``strict``: a failed sample aborts the unit (``StrictAbort``) before anything commits.
+    ``node_id``: where this runs, for the statistics (the caller knows; default
+    :func:`local_node_id`).
     """
     unit = _open(ws, stage, shard_id, mode)
     t = time.perf_counter()
     produced = stage(unit.rows)
     unit.seconds["process"] = time.perf_counter() - t
-    return _close(ws, stage, unit, produced, fingerprints, run_id, strict)
+    return _close(ws, stage, unit, produced, fingerprints, run_id, strict, node_id)
 
 
 def execute_group(ws: Workspace, stage: ShardStage, shard_ids: list[str],
                   fingerprints: dict[str, dict[str, Fingerprint]], modes: dict[str, str],
-                  run_id: str, strict: bool = False) -> dict[str, dict | Exception]:
+                  run_id: str, strict: bool = False,
+                  node_id: str | None = None) -> dict[str, dict | Exception]:
     """Several units a stage computes together (``stage.batch(list of rows)`` -> list of
     outputs, e.g. several subjects through one forward). Each unit still loads, writes and
     commits on its own, exactly as ``execute`` does; per unit: its summary, or the exception
@@ -255,7 +263,7 @@ def execute_group(ws: Workspace, stage: ShardStage, shard_ids: list[str],
     if not hasattr(stage, "batch") or len(shard_ids) == 1:
         for u in shard_ids:
             try:
-                out[u] = execute(ws, stage, u, fingerprints[u], modes[u], run_id, strict)
+                out[u] = execute(ws, stage, u, fingerprints[u], modes[u], run_id, strict, node_id)
             except Exception as exc:  # noqa: BLE001  (reported per unit by the caller)
                 out[u] = exc
         return out
@@ -282,15 +290,17 @@ def execute_group(ws: Workspace, stage: ShardStage, shard_ids: list[str],
             else:
                 produced, unit.seconds["process"] = together[i], share
             out[unit.shard_id] = _close(ws, stage, unit, produced, fingerprints[unit.shard_id],
-                                        run_id, strict)
+                                        run_id, strict, node_id)
         except Exception as exc:  # noqa: BLE001
             out[unit.shard_id] = exc
     return {u: out[u] for u in shard_ids}
 
 
 def _close(ws: Workspace, stage: ShardStage, unit: _Open, produced: dict,
-           fingerprints: dict[str, Fingerprint], run_id: str, strict: bool) -> dict:
+           fingerprints: dict[str, Fingerprint], run_id: str, strict: bool,
+           node_id: str | None = None) -> dict:
     """Write every table of the unit under its attempt's names, then commit them at once."""
+    node_id = node_id or local_node_id()
     shard_id, mode, seconds, committed = unit.shard_id, unit.mode, unit.seconds, unit.committed
     rows, rows_in, kept, redo = unit.rows, unit.rows_in, unit.kept, unit.redo
     started, attempt, where = unit.started, unit.attempt, f"{stage.name}/{shard_id}"
@@ -334,7 +344,7 @@ def _close(ws: Workspace, stage: ShardStage, unit: _Open, produced: dict,
         parquet.write(ws.url(*files["data"].split("/")), parquet.with_run_metadata(data, **meta))
         _write_errors(ws, stage, files["errors"], shard_id, data, extra, run_id, meta)
         _write_stats(ws, stage, files["stats"], shard_id, rows_in, data, counts, seconds, started,
-                     fp, run_id, meta)
+                     fp, run_id, meta, node_id)
         samples = _merge_samples(committed[table], input_samples.get(table), redo)
         summaries[table] = {
             "rows": data.num_rows, "status_counts": dict(counts), "output_digest": out_digest,
@@ -357,7 +367,7 @@ def _close(ws: Workspace, stage: ShardStage, unit: _Open, produced: dict,
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **s}
     ws.commit(shard_id, entries, previous=committed)  # every table of the unit at once
     return {"shard_id": shard_id, "rows_in": rows_in, "processed": len(rows["sample_id"]),
-            "seconds": seconds, "mode": mode,
+            "seconds": seconds, "mode": mode, "node_id": node_id,
             "tables": {t: {"rows": s["rows"], "status_counts": s["status_counts"]}
                        for t, s in summaries.items()}}
 
@@ -476,12 +486,13 @@ def _write_errors(ws, stage, rel: str, shard_id, data: pa.Table, extra: list[dic
 
 
 def _write_stats(ws, stage, rel: str, shard_id, rows_in, data, counts, seconds, started, fp, run_id,
-                 meta) -> None:
+                 meta, node_id: str) -> None:
     from schemas import get
 
     row = {"stage": [stage.name], "shard_id": [shard_id], "run_id": [run_id],
            "rows_in": [rows_in], "rows_out": [data.num_rows],
            "status_counts": [list(counts.items())], "seconds": [list(seconds.items())],
-           "started_at": [started], "host": [socket.gethostname()], "fingerprint": [fp.value]}
+           "started_at": [started], "host": [socket.gethostname()], "fingerprint": [fp.value],
+           "node_id": [node_id]}
     parquet.write(ws.url(*rel.split("/")),
                   parquet.with_run_metadata(parquet.to_table(row, get("stats")), **meta))

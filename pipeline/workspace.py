@@ -205,10 +205,21 @@ class Workspace:
         return _concat(parts, schema, columns)
 
     def read_side_table(self, kind: str, table: str, schema: pa.Schema) -> pa.Table:
-        """The errors or stats rows of the committed units of ``table``."""
+        """The errors or stats rows of the committed units of ``table``. Parts written under
+        an older version of ``schema`` read back with its newer (nullable) columns null."""
         done = self.markers(table)
         urls = [self.files(table, s, m)[kind] for s, m in sorted(done.items())]
-        return _concat([parquet.read(u) for u in urls], schema, None)
+        return _concat([_with_new_columns(parquet.read(u), schema) for u in urls], schema, None)
+
+
+def _with_new_columns(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``part`` with every nullable column of ``schema`` it lacks added as nulls (a side
+    table written before that column existed); anything else that differs is left for the
+    concatenation to refuse."""
+    for f in schema:
+        if f.name not in part.schema.names and f.nullable:
+            part = part.append_column(f, pa.nulls(part.num_rows, f.type))
+    return part.select([n for n in schema.names if n in part.schema.names])
 
 
 def _concat(parts: list[pa.Table], schema: pa.Schema | None, columns: list[str] | None) -> pa.Table:

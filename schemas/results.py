@@ -131,8 +131,8 @@ METHOD_OVERALL = _table("method_overall", 1, [
     pa.field("std", pa.float64()),                       # sample std (ddof 1) of those means
 ])
 
-# One row per pipeline stage: its shards' statistics gathered.
-STAGE_STATS = _table("stage_stats", 1, [
+# One row per pipeline stage: its shards' statistics gathered. Version 2 added units_per_node.
+STAGE_STATS = _table("stage_stats", 2, [
     pa.field("stage", pa.string(), nullable=False),
     pa.field("n_units", pa.int32(), nullable=False),     # shard executions recorded
     pa.field("rows_in", pa.int64(), nullable=False),
@@ -143,6 +143,7 @@ STAGE_STATS = _table("stage_stats", 1, [
     pa.field("seconds_per_row", pa.float64()),           # per input row
     pa.field("phase_seconds", pa.map_(pa.string(), pa.float64())),
     pa.field("run_ids", pa.list_(pa.string())),
+    pa.field("units_per_node", COUNTS),                  # node id -> units it ran (stats.node_id)
 ])
 
 # One row per report: what was scored, and how.

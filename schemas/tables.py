@@ -71,8 +71,10 @@ ERRORS = _table("errors", 1, [
     pa.field("run_id", pa.string(), nullable=False),
 ])
 
-# One row per (stage, shard) execution.
-STATS = _table("stats", 1, [
+# One row per (stage, shard) execution. Version 2 added ``node_id``: the Ray node the unit ran
+# on (``ray.get_runtime_context().get_node_id()``), or ``local:<hostname>`` off Ray; rows of
+# version 1 read back with it null.
+STATS = _table("stats", 2, [
     pa.field("stage", pa.string(), nullable=False),
     pa.field("shard_id", pa.string(), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
@@ -83,6 +85,7 @@ STATS = _table("stats", 1, [
     pa.field("started_at", pa.timestamp("us", tz="UTC")),
     pa.field("host", pa.string()),
     pa.field("fingerprint", pa.string(), nullable=False),
+    pa.field("node_id", pa.string()),
 ])
 
 # The fixed vocabulary of methods in the predictions tables.

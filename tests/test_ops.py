@@ -14,7 +14,7 @@ import pytest
 
 import schemas
 from jobs.cli import main as cli
-from pipeline import lock
+from pipeline import lock, parquet
 from pipeline.workspace import Workspace
 
 
@@ -169,3 +169,51 @@ def test_cuda_settings_without_a_gpu_stop_before_any_stage(tmp_path, capsys, com
     assert rc == 2 and f"{key}=cuda but" in err, err
     assert "no GPU" in err or "no CUDA device" in err
     assert not (out / "faces").exists() and not (out / "embeddings").exists()
+
+
+# ---- where each unit ran
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_each_unit_records_the_node_it_ran_on(micro, tmp_path, executor, request):
+    """Ray: the node id of the actor that ran the unit; local: the machine's stable id."""
+    if executor == "ray":
+        ray = request.getfixturevalue("ray_cluster")
+        want = {ray.get_runtime_context().get_node_id()}  # one node: the driver's
+    else:
+        want = {f"local:{socket.gethostname()}"}
+    out = tmp_path / executor
+    assert ingest(out, micro["manifest"], executor) == 0
+    ws = Workspace(str(out))
+    stats = ws.read_side_table("stats", "manifest", schemas.get("stats"))
+    assert stats.num_rows == len(ws.markers("manifest")) == 2
+    assert set(stats.column("node_id").to_pylist()) == want
+    for shard in ws.markers("manifest"):
+        schemas.check(parquet.read(ws.stats_url("manifest", shard)), schemas.get("stats"))
+
+
+def test_statistics_written_before_node_ids_read_back_with_a_null_node(micro, tmp_path):
+    out = tmp_path / "old"
+    assert ingest(out, micro["manifest"]) == 0
+    ws = Workspace(str(out))
+    first = sorted(ws.markers("manifest"))[0]
+    url = ws.stats_url("manifest", first)
+    parquet.write(url, parquet.read(url).drop_columns(["node_id"]))  # as schema version 1 wrote it
+    stats = ws.read_side_table("stats", "manifest", schemas.get("stats"))
+    assert stats.schema.names == schemas.get("stats").names
+    by_shard = dict(zip(stats.column("shard_id").to_pylist(), stats.column("node_id").to_pylist()))
+    assert by_shard[first] is None and None not in [v for k, v in by_shard.items() if k != first]
+
+
+def test_credentials_reach_actors_outside_the_logged_runtime_env(monkeypatch):
+    """Ray logs a runtime_env whole: only plain variables go there; credentials go to each
+    actor's constructor (tests/test_cluster.py checks Ray's logs on S3)."""
+    from jobs.runner import forwarded_env
+
+    for key, value in {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ACCESS_KEY_ID": "k", "AWS_SESSION_TOKEN": "t",
+                       "HF_TOKEN": "h", "AWS_ENDPOINT_URL": "http://x", "AUTT_FAULT": "f",
+                       "UNRELATED": "u"}.items():
+        monkeypatch.setenv(key, value)
+    plain, secret = forwarded_env()
+    assert set(secret) >= {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "HF_TOKEN"}
+    assert {"AWS_ENDPOINT_URL", "AUTT_FAULT"} <= set(plain) and not set(plain) & set(secret)
+    assert "UNRELATED" not in plain and "UNRELATED" not in secret

@@ -212,3 +212,13 @@ def test_stage_stats_use_each_shards_latest_execution():
     assert faces["status_counts"] == {"no_face": 80, "ok": 1520}
     assert (faces["seconds"], faces["seconds_per_unit"], faces["seconds_per_row"]) == (80.0, 80.0, 2.0)
     assert faces["phase_seconds"] == {"decode": 20.0, "detect": 60.0} and faces["run_ids"] == ["run-b"]
+
+
+def test_stage_stats_count_units_per_node_from_each_shards_latest_execution():
+    rows = stage_stats_rows()
+    rows["node_id"] = ["n1", "n1", "n2", None]  # the faces retry ran on n2; embed is from v1
+    got = stats.stage_stats(rows).set_index("stage")
+    assert got.loc["ingest", "units_per_node"] == {"n1": 1}
+    assert got.loc["faces", "units_per_node"] == {"n2": 1}
+    assert got.loc["embed", "units_per_node"] == {"unknown": 1}
+    assert stats.stage_stats(stage_stats_rows()).loc[0, "units_per_node"] == {"unknown": 1}  # no column

@@ -6,14 +6,13 @@ The endpoint and credentials reach every process the standard way, through the e
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 import schemas
 from jobs.cli import main as cli
 from pipeline import io
 from pipeline.workspace import Workspace
+from tests.s3_server import moto_s3
 
 moto_server = pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
@@ -23,21 +22,8 @@ TINY = ["embed.model=autt-tiny", "embed.weights=random"]
 
 @pytest.fixture(scope="module")
 def s3(monkeypatch_module):
-    import fsspec
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch_module.setenv(key, value)
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("autt-test")
-    yield fs
-    server.stop()
+    with moto_s3(monkeypatch_module, "autt-test") as fs:
+        yield fs
 
 
 @pytest.fixture(scope="module")

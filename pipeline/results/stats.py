@@ -3,8 +3,8 @@
 In: the ``stats`` rows every stage writes beside its shards (``schemas.tables.STATS``), and,
 for the summary, the manifest, the raw prediction rows, the class list, the lineage and the
 bootstrap settings. Out: the ``stage_stats`` table (per stage: rows in and out, counts per
-status, seconds in all and per unit and per input row, seconds per phase) and the one-row
-``run_summary`` table.
+status, seconds in all and per unit and per input row, seconds per phase, units per node) and
+the one-row ``run_summary`` table.
 
 A shard executed more than once (a rerun with ``--recompute``, a retry) counts once, with its
 latest execution (``started_at``; the last row where that is missing): a retry rewrites the
@@ -63,8 +63,15 @@ def stage_stats(stats: pd.DataFrame | pa.Table) -> pd.DataFrame:
             "status_counts": dict(sorted(counts.items())), "seconds": seconds,
             "seconds_per_unit": seconds / len(g), "seconds_per_row": seconds / rows_in if rows_in else None,
             "phase_seconds": dict(sorted(phases.items())), "run_ids": sorted(g["run_id"].dropna().unique()),
+            "units_per_node": _units_per_node(g),
         })
     return typed_frame(records, STAGE_STATS)
+
+
+def _units_per_node(g: pd.DataFrame) -> dict[str, int]:
+    """Units per node id (rows written before node ids were recorded count under "unknown")."""
+    nodes = g["node_id"] if "node_id" in g.columns else pd.Series([None] * len(g), dtype=object)
+    return dict(sorted(Counter(str(n) if pd.notna(n) else "unknown" for n in nodes).items()))
 
 
 def check_lineage(lineage: Mapping[str, str | None]) -> dict[str, str | None]:
