@@ -76,10 +76,13 @@ def apply_policy(positions: np.ndarray, timestamps: np.ndarray, cfg: FacesConfig
         return positions[picks]
     # "fps": the first frame at or after every tick of a regular clock, so that variable
     # frame rates are resampled on real time, not on frame counts
+    # frames rounded onto float32 container timestamps land a hair before their tick: a
+    # tolerance (well below the clock's period) keeps a 25 fps source at 25 fps whole
     ts = np.asarray(timestamps, dtype=np.float64)[positions]
     step = 1.0 / cfg.target_fps
-    ticks = ts[0] + step * np.arange(int(math.floor((ts[-1] - ts[0]) / step + 1e-9)) + 1)
-    picks = np.unique(np.searchsorted(ts, ticks - 1e-9, side="left"))
+    tol = min(WINDOW_EPS, step / 4)
+    ticks = ts[0] + step * np.arange(int(math.floor((ts[-1] - ts[0] + tol) / step)) + 1)
+    picks = np.unique(np.searchsorted(ts, ticks - tol, side="left"))
     return positions[picks[picks < len(positions)]]
 
 
@@ -96,20 +99,22 @@ def expected_frames(num_frames: object, fps: object, start: object, end: object,
     rate = _number(fps)
     lo, hi = _number(start), _number(end)
     if str(time_unit) == "frame":
-        first, last = (lo or 0.0), (n - 1 if hi is None else hi)
-    elif rate is not None and rate > 0:
-        first = 0.0 if lo is None else lo * rate
-        last = n - 1 if hi is None else hi * rate
+        first, last = (lo or 0.0) - 1e-6, (n - 1 if hi is None else hi) + 1e-6
+    elif rate is not None and rate > 0:  # the same inclusive tolerance as the window cut
+        first = 0.0 if lo is None else (lo - WINDOW_EPS) * rate
+        last = n - 1 if hi is None else (hi + WINDOW_EPS) * rate
     else:
         first, last = 0.0, n - 1
-    first, last = max(0, math.ceil(first - 1e-6)), min(n - 1, math.floor(last + 1e-6))
+    first, last = max(0, math.ceil(first)), min(n - 1, math.floor(last))
     window = max(0, last - first + 1)
     if cfg.sampling == "every_k":
         return -(-window // cfg.every_k)
     if cfg.sampling == "count":
         return min(window, cfg.num_frames)
-    if cfg.sampling == "fps" and rate is not None and rate > cfg.target_fps and window:
-        return min(window, int((window - 1) / rate * cfg.target_fps) + 1)
+    if cfg.sampling == "fps" and rate is not None and window:
+        step = 1.0 / cfg.target_fps
+        span = (window - 1) / rate
+        return min(window, int((span + min(WINDOW_EPS, step / 4)) / step) + 1)
     return window
 
 
