@@ -170,7 +170,13 @@ class VideoSource(FrameSource):
         if not idx:
             return []
         try:
-            return self._vr.get_batch(idx).asnumpy()  # (N, H, W, 3): frames are its rows
+            frames = self._vr.get_batch(idx).asnumpy()  # (N, H, W, 3): frames are its rows
+            # After a batch, decord's decoder thread keeps decoding the rest of the file into
+            # memory while the caller works (measured: RSS grows with the video's length, to
+            # the whole file). Seeking back to the start stops it; the next batch seeks to its
+            # frames anyway. Memory then stays flat at any length (docs/benchmarks.md).
+            self._vr.seek(0)
+            return frames
         except DECORDError:
             # One corrupt frame fails the whole batch and leaves the reader broken. decord's
             # single-frame reads are no way out: its decoder thread runs ahead of the
