@@ -2,7 +2,7 @@
 
 Status vocabularies (column ``status``):
 - manifest: ok | missing | empty_file | unreadable | bad_row | unparsed | empty_window
-- faces: ok | filled | no_face | decode_error | bad_frame
+- faces: ok | filled | no_face | decode_error | detect_error | bad_frame
 - errors: any non-ok status of any stage
 - models: ok | failed
 - predictions, adaptation: ok | insufficient_faces | failed

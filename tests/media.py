@@ -59,3 +59,23 @@ def write_frames(folder: Path, n: int = 4, size: int = 32, name: str = "frame_{i
         img = np.full((size, size, 3), 30 * i % 255, dtype=np.uint8)
         Image.fromarray(img).save(folder / name.format(i=i))
     return folder
+
+
+def face_frames(n: int, size: int = 192) -> np.ndarray:
+    """(n, size, size, 3) uint8: a real face (scikit-image's astronaut) panning slowly, which
+    MTCNN finds in every frame at the default settings."""
+    from PIL import Image
+
+    from pipeline.demo.face import astronaut
+
+    img = astronaut()
+    return np.stack([np.asarray(Image.fromarray(img[0:320, 50 + 2 * k: 370 + 2 * k]).resize(
+        (size, size), Image.BICUBIC)) for k in range(n)])
+
+
+def write_face_video(path: Path, n_frames: int = 8, size: int = 192, fps: int = 10) -> Path:
+    """An h264 clip of ``face_frames`` written with the demo's encoder."""
+    from pipeline.demo.synth import encode_mp4
+
+    path.write_bytes(encode_mp4(face_frames(n_frames, size), fps))
+    return path

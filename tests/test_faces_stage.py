@@ -16,7 +16,7 @@ import pipeline  # noqa: F401  (torchvision fix before facenet-pytorch)
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.decode import VideoSource
 from pipeline.faces.stage import OUTPUT_COLUMNS, FaceStage, recrop
-from pipeline.faces.table import faces_table
+from pipeline.faces.table import PngCrops, faces_table
 from schemas.tables import FACES
 from tests.media import needs_shared_faces, shared_faces_dir
 
@@ -80,7 +80,10 @@ def test_output_columns_types_and_row_order(clips):
     for sid in order:
         fi = rows_of(out, sid)["frame_index"]
         assert list(fi) == ([-1] if len(fi) == 1 and fi[0] == -1 else list(range(len(fi))))
-    table = faces_table(out, store_crops=True)
+    pngs = PngCrops()
+    with_crop = np.flatnonzero(np.isin(out["status"], ["ok", "filled"]))
+    pngs(with_crop, out["crop_pixels"][with_crop])
+    table = faces_table(out, pngs)
     assert table.schema.equals(FACES, check_metadata=True) and table.num_rows == n
     assert table.column("box").null_count == int((~np.isfinite(out["box"][:, 0])).sum())
     first = table.slice(0, 1).to_pylist()[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipeline.config import load_config
@@ -33,3 +34,30 @@ def test_protocol_names_the_papers_subjects_and_schedule(name):
         assert cfg.ingest.classes == ("neutral", "pain")
     if name == "bah":
         assert cfg.ingest.chunk_frames == 100
+
+
+# Each protocol's frame sampling (method.md), checked on the frames it would keep.
+SAMPLED = {
+    # BioVid: 25 fps container time (float32, as decoders give it), window 2.04-5.00 s:
+    # every frame of it, 75 frames 40 ms apart
+    "biovid": (np.float32(np.arange(138) * 0.04), 2.04, 5.0, "s", list(range(51, 126))),
+    "biovid-reference": (np.float32(np.arange(138) * 0.04), 2.04, 5.0, "s",
+                         list(range(51, 126))),
+    # StressID: a task video at 30 fps, every 5th frame
+    "stressid": (np.arange(300) / 30.0, None, None, "s", list(range(0, 300, 5))),
+    # BAH: one 100-frame chunk (frames 200..299) of a longer video, every frame
+    "bah": (np.arange(1000) / 30.0, 200, 299, "frame", list(range(200, 300))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLED))
+def test_protocol_chooses_its_papers_frame_sampling(name):
+    from pipeline.faces.decode import expected_frames, sample_indices
+
+    faces = load_config(name, ["root=/data/x"]).faces
+    ts, start, end, unit, want = SAMPLED[name]
+    got = sample_indices(np.asarray(ts, np.float64), start, end, unit, faces)
+    assert got.tolist() == want
+    fps = 1 / float(ts[1] - ts[0])
+    assert expected_frames(len(ts), fps, start, end, unit, faces) == len(want)
+    assert load_config(None, []).faces.sampling == "all"  # the global default is unchanged

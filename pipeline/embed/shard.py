@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,24 +20,24 @@ import pyarrow as pa
 from pipeline import parquet
 from pipeline.embed.backbone import load_backbone
 from pipeline.embed.config import EmbedConfig
-from pipeline.embed.stage import EmbedStage
+from pipeline.embed.stage import CropStream, EmbedStage
 from pipeline.faces.config import FacesConfig
-from pipeline.faces.decode import DECODE_ERRORS
-from pipeline.faces.recrop import recrop
+from pipeline.faces.decode import expected_frames
+from pipeline.faces.recrop import MediaError, recrop_chunks
 from pipeline.faces.shard import (
     FAILED as FACE_FAILED,
 )
 from pipeline.faces.shard import WITH_FACE, columns, faces_metadata, manifest_input, unpng
 from pipeline.faces.stage import FaceStage
-from pipeline.faces.table import faces_table
+from pipeline.faces.table import PngCrops, faces_table
+from pipeline.ingest.stage import MEDIA_COLUMNS
 from pipeline.shards import ERRORS_KEY, INPUT_SAMPLES_KEY, failed_samples
 from pipeline.workspace import Workspace
 from schemas import embeddings_schema, get
 
-MEDIA_ERRORS = (*DECODE_ERRORS, FileNotFoundError)  # media gone or changed since the faces ran
 KEY_COLUMNS = ("sample_id", "video_id", "subject_id", "shard_id", "frame_index", "timestamp")
-# Frames (by the probe's count) whose crops a fused pass holds at once: ~150 MB at 224 px.
-# Memory is bounded by this, not by the shard or dataset size; one longer sample is alone.
+# Sampled frames (estimated from the probe) of one face stage call in a fused pass: bounds
+# its per-call state (rows, detections); crops are never held beyond a chunk and a batch.
 GROUP_FRAMES = 1024
 UNKNOWN_FRAMES = 256  # assumed for a sample whose frame count the probe did not read
 
@@ -160,44 +161,48 @@ class EmbedShard(_EmbedBase):
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
         """Crops per sample (stored PNGs, else re-decoded and cropped from the stored boxes),
-        embedded GROUP_FRAMES at a time. A sample whose media can no longer be read gets an
-        ``embed_error`` row and no vectors; the other samples are unaffected."""
-        parts, errors, pending, held = [], [], [], 0
+        ``chunk_frames`` at a time, embedded as they come (``CropStream``). A sample whose
+        media can no longer be read gets an ``embed_error`` row and no vectors; the other
+        samples are unaffected."""
+        stream = CropStream(self.embedder)
+        errors, failed = [], []
         for sample in dict.fromkeys(rows["sample_id"]):
             idx = np.flatnonzero(rows["sample_id"] == sample)
             try:
-                pending.append((idx, self._crops(rows, idx)))
-            except MEDIA_ERRORS as exc:
+                for part, crops in self._crops(rows, idx):
+                    stream(part, crops)
+            except MediaError as exc:
+                failed.append(sample)
                 errors.append({"sample_id": sample, "video_id": rows["video_id"][idx[0]],
                                "subject_id": rows["subject_id"][idx[0]], "status": "embed_error",
-                               "error": f"{rows['_path'][idx[0]]}: {type(exc).__name__}: {exc}"})
-                continue
-            held += len(idx)
-            if held >= GROUP_FRAMES:
-                parts.append(self._embed(rows, pending))
-                pending, held = [], 0
-        parts.append(self._embed(rows, pending))
+                               "error": f"{rows['_path'][idx[0]]}: {exc}"})
+        pos, vectors = stream.finish()
+        keep = ~np.isin(rows["sample_id"][pos], np.asarray(failed, dtype=object))
+        pos, vectors = pos[keep], vectors[keep]
+        emb, errs = embedding_rows({k: rows[k][pos] for k in KEY_COLUMNS}, vectors)
         digests = dict(zip(rows["sample_id"].tolist(), rows["_digest"].tolist()))
-        return {self.table: _concat([p for p, _ in parts]),
-                ERRORS_KEY: errors + [e for _, es in parts for e in es],
+        return {self.table: emb, ERRORS_KEY: errors + errs,
                 INPUT_SAMPLES_KEY: {self.table: digests}}
 
-    def _crops(self, rows: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    def _crops(self, rows: dict[str, np.ndarray], idx: np.ndarray
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row positions, crops) of one sample's rows, ``chunk_frames`` at a time."""
         stored = rows["crop"][idx]
+        step = self.faces_cfg.chunk_frames
         if all(c is not None for c in stored):
-            return np.stack([unpng(c) for c in stored])
+            for lo in range(0, len(idx), step):
+                try:
+                    crops = np.stack([unpng(c) for c in stored[lo: lo + step]])
+                except (OSError, ValueError) as err:
+                    raise MediaError(f"stored crop unreadable: {err}") from err
+                yield idx[lo: lo + step], crops
+            return
         sample_row = {"path": rows["_path"][idx[0]], "media": rows["_media"][idx[0]],
                       "sample_id": rows["sample_id"][idx[0]]}
         face = {k: rows[k][idx] for k in ("frame_index", "source_frame", "box", "landmarks",
                                           "status", "timestamp")}
-        return recrop(sample_row, face, self.faces_cfg)
-
-    def _embed(self, rows: dict[str, np.ndarray], pending: list) -> dict[str, np.ndarray]:
-        idx = np.concatenate([i for i, _ in pending]) if pending else np.zeros(0, np.int64)
-        size = self.faces_cfg.crop_size
-        crops = np.concatenate([c for _, c in pending]) if pending else np.zeros((0, size, size, 3),
-                                                                                 np.uint8)
-        return embedding_rows({k: rows[k][idx] for k in KEY_COLUMNS}, self.embedder.embed(crops))
+        for part, crops in recrop_chunks(sample_row, face, self.faces_cfg):
+            yield idx[part], crops
 
 
 class FusedShard(_EmbedBase):
@@ -214,7 +219,9 @@ class FusedShard(_EmbedBase):
         return ("faces", self.table)
 
     def load(self, ws: Workspace, shard_id: str) -> dict[str, np.ndarray]:
-        return columns(manifest_input(ws, shard_id))
+        """The shard's ok manifest rows (with ``fps``, for the frame estimate of groups)."""
+        t = parquet.read(ws.files("manifest", shard_id)["data"], columns=[*MEDIA_COLUMNS, "fps"])
+        return columns(t.filter(pa.compute.equal(t.column("status"), "ok")))
 
     def redo(self, ws: Workspace, shard_id: str, rows: dict, committed: dict, mode: str) -> set[str]:
         """Failed face samples (committed faces errors), plus samples whose embeddings are
@@ -229,23 +236,48 @@ class FusedShard(_EmbedBase):
         return redo | failed_samples(ws, self.table, shard_id, emb)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
+        """Faces of a group of samples, their crops embedded as the face stage makes them
+        (``CropStream``): no crop of a ``no_face`` row and never a whole sample's crops."""
         face_parts, emb_parts, errors = [], [], []
-        for idx in frame_groups(rows["num_frames"]):
-            out = self.faces({k: v[idx] for k, v in rows.items()})
-            keep = np.isin(out["status"], WITH_FACE)
-            vectors = self.embedder.embed(out["crop_pixels"][keep])
-            emb, errs = embedding_rows({k: out[k][keep] for k in KEY_COLUMNS}, vectors)
+        for idx in frame_groups(self.expected(rows)):
+            stream = CropStream(self.embedder)
+            pngs = PngCrops() if self.faces_cfg.store_crops else None
+            out = self.faces.run({k: v[idx] for k, v in rows.items()}, _tee(stream, pngs))
+            pos, vectors = stream.finish()
+            keep = np.isin(out["status"][pos], WITH_FACE)  # a sample may fail after its crops
+            pos, vectors = pos[keep], vectors[keep]
+            if not np.array_equal(pos, np.flatnonzero(np.isin(out["status"], WITH_FACE))):
+                raise RuntimeError("fused pass: the face rows and the embedded crops disagree")
+            emb, errs = embedding_rows({k: out[k][pos] for k in KEY_COLUMNS}, vectors)
             emb_parts.append(emb)
             errors += errs
-            face_parts.append(faces_table(out, self.faces_cfg.store_crops))
+            face_parts.append(faces_table(out, pngs))
         faces = pa.concat_tables(face_parts)
         return {"faces": faces, self.table: _concat(emb_parts), ERRORS_KEY: {self.table: errors},
                 INPUT_SAMPLES_KEY: {self.table: sample_digests(faces)}}
 
+    def expected(self, rows: dict[str, np.ndarray]) -> list[int | None]:
+        """Per sample, the frames the face stage will sample (estimated from the probe)."""
+        n = len(rows["sample_id"])
+        fps = rows.get("fps", np.full(n, None, dtype=object))
+        return [expected_frames(rows["num_frames"][i], fps[i], rows["start"][i], rows["end"][i],
+                                rows["time_unit"][i], self.faces_cfg) for i in range(n)]
 
-def frame_groups(num_frames: np.ndarray, budget: int = GROUP_FRAMES) -> list[np.ndarray]:
-    """Consecutive sample indices cut so that each group holds at most ``budget`` frames
-    (a sample over budget forms its own group). Always at least one (maybe empty) group."""
+
+def _tee(*sinks):
+    """One crop sink feeding several (None entries skipped)."""
+    live = [s for s in sinks if s is not None]
+
+    def sink(positions: np.ndarray, crops: np.ndarray) -> None:
+        for s in live:
+            s(positions, crops)
+    return sink
+
+
+def frame_groups(num_frames, budget: int = GROUP_FRAMES) -> list[np.ndarray]:
+    """Consecutive sample indices cut so that each group holds at most ``budget`` sampled
+    frames (a sample over budget forms its own group; an unknown count counts as
+    UNKNOWN_FRAMES). Always at least one (maybe empty) group."""
     groups: list[list[int]] = [[]]
     total = 0
     for i, n in enumerate(num_frames):

@@ -59,3 +59,51 @@ class EmbedStage:
         if INPUT_COLUMN not in batch:
             raise KeyError(f"batch has no {INPUT_COLUMN!r} column; columns: {sorted(batch)}")
         return {**batch, OUTPUT_COLUMN: self.embed(batch[INPUT_COLUMN])}
+
+
+class CropStream:
+    """Crops in as they are made (a crop sink of ``FaceStage.run`` or ``recrop_chunks``'
+    chunks), embedded ``batch_size`` at a time; only the vectors are kept, so memory is one
+    batch of crops however many frames a sample or shard has.
+
+    In: calls ``stream(positions, crops)`` with row positions (k,) and uint8 (k, S, S, 3).
+    Out: ``finish()`` -> (positions (m,) int64 in arrival order, float32 vectors (m, d)).
+    """
+
+    def __init__(self, stage: EmbedStage) -> None:
+        self.stage = stage
+        self._held: list[tuple[np.ndarray, np.ndarray]] = []
+        self._count = 0
+        self._positions: list[np.ndarray] = []
+        self._vectors: list[np.ndarray] = []
+
+    def __call__(self, positions: np.ndarray, crops: np.ndarray) -> None:
+        if len(crops) == 0:
+            return
+        self._held.append((np.asarray(positions, np.int64), crops))
+        self._count += len(crops)
+        if self._count >= self.stage.cfg.batch_size:
+            self._embed(whole_batches=True)
+
+    def _embed(self, whole_batches: bool) -> None:
+        if not self._held:
+            return
+        pos = np.concatenate([p for p, _ in self._held])
+        crops = self._held[0][1] if len(self._held) == 1 else np.concatenate(
+            [c for _, c in self._held])
+        step = self.stage.cfg.batch_size
+        n = len(pos) // step * step if whole_batches else len(pos)
+        self._positions.append(pos[:n])
+        self._vectors.append(self.stage.embed(crops[:n]))
+        rest = len(pos) - n
+        self._held = [(pos[n:], crops[n:].copy())] if rest else []  # own the few left over
+        self._count = rest
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        self._embed(whole_batches=False)
+        dim = self.stage.backbone.embed_dim
+        pos = np.concatenate(self._positions) if self._positions else np.zeros(0, np.int64)
+        vec = (np.concatenate(self._vectors) if self._vectors
+               else np.zeros((0, dim), np.float32))
+        self._positions, self._vectors = [], []
+        return pos, vec

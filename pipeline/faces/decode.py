@@ -5,7 +5,9 @@ In: a local path (a video file, a folder of frame images or one image file), the
 window (``start``, ``end``, ``time_unit``) and a ``FacesConfig``.
 Out: ``FrameSource`` objects with per-frame ``timestamps`` (seconds; from the container
 for videos, position / ``folder_fps`` for folders) and ``read(indices)``, which returns
-for every index either an RGB uint8 (H, W, 3) array or the error message of that frame.
+for every index either an RGB uint8 (H, W, 3) array or the error message of that frame (a
+video chunk that decodes cleanly comes back as one (N, H, W, 3) array, not N copies).
+``expected_frames`` estimates a sample's sampled frame count from its probe, before decoding.
 Opening a source that cannot be decoded raises one of ``DECODE_ERRORS``.
 """
 
@@ -74,11 +76,56 @@ def apply_policy(positions: np.ndarray, timestamps: np.ndarray, cfg: FacesConfig
         return positions[picks]
     # "fps": the first frame at or after every tick of a regular clock, so that variable
     # frame rates are resampled on real time, not on frame counts
+    # frames rounded onto float32 container timestamps land a hair before their tick: a
+    # tolerance (well below the clock's period) keeps a 25 fps source at 25 fps whole
     ts = np.asarray(timestamps, dtype=np.float64)[positions]
     step = 1.0 / cfg.target_fps
-    ticks = ts[0] + step * np.arange(int(math.floor((ts[-1] - ts[0]) / step + 1e-9)) + 1)
-    picks = np.unique(np.searchsorted(ts, ticks - 1e-9, side="left"))
+    tol = min(WINDOW_EPS, step / 4)
+    ticks = ts[0] + step * np.arange(int(math.floor((ts[-1] - ts[0] + tol) / step)) + 1)
+    picks = np.unique(np.searchsorted(ts, ticks - tol, side="left"))
     return positions[picks[picks < len(positions)]]
+
+
+def expected_frames(num_frames: object, fps: object, start: object, end: object,
+                    time_unit: object, cfg: FacesConfig) -> int | None:
+    """How many frames ``sample_indices`` will keep for a sample, estimated from its probe
+    (``num_frames`` of the whole file, average ``fps``) and window without decoding anything;
+    None when the probe did not read a frame count. A window in seconds without a known fps
+    counts the whole file (an upper bound)."""
+    n = _number(num_frames)
+    if n is None:
+        return None
+    n = int(n)
+    rate = _number(fps)
+    lo, hi = _number(start), _number(end)
+    if str(time_unit) == "frame":
+        first, last = (lo or 0.0) - 1e-6, (n - 1 if hi is None else hi) + 1e-6
+    elif rate is not None and rate > 0:  # the same inclusive tolerance as the window cut
+        first = 0.0 if lo is None else (lo - WINDOW_EPS) * rate
+        last = n - 1 if hi is None else (hi + WINDOW_EPS) * rate
+    else:
+        first, last = 0.0, n - 1
+    first, last = max(0, math.ceil(first)), min(n - 1, math.floor(last))
+    window = max(0, last - first + 1)
+    if cfg.sampling == "every_k":
+        return -(-window // cfg.every_k)
+    if cfg.sampling == "count":
+        return min(window, cfg.num_frames)
+    if cfg.sampling == "fps" and rate is not None and window:
+        step = 1.0 / cfg.target_fps
+        span = (window - 1) / rate
+        return min(window, int((span + min(WINDOW_EPS, step / 4)) / step) + 1)
+    return window
+
+
+def _number(v: object) -> float | None:
+    if v is None:
+        return None
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def sample_indices(
@@ -97,10 +144,10 @@ class FrameSource:
     def __len__(self) -> int:
         return len(self.timestamps)
 
-    def read(self, indices: Sequence[int]) -> list[np.ndarray | str]:
+    def read(self, indices: Sequence[int]) -> Sequence[np.ndarray | str]:
         raise NotImplementedError
 
-    def chunks(self, indices: Sequence[int], size: int) -> Iterator[list[np.ndarray | str]]:
+    def chunks(self, indices: Sequence[int], size: int) -> Iterator[Sequence[np.ndarray | str]]:
         """``read`` in chunks of ``size`` frames, so memory stays bounded."""
         for lo in range(0, len(indices), size):
             yield self.read(indices[lo: lo + size])
@@ -118,12 +165,18 @@ class VideoSource(FrameSource):
     def _open(self) -> VideoReader:
         return VideoReader(self.path, ctx=cpu(0), num_threads=self.num_threads)
 
-    def read(self, indices: Sequence[int]) -> list[np.ndarray | str]:
+    def read(self, indices: Sequence[int]) -> Sequence[np.ndarray | str]:
         idx = [int(i) for i in indices]
         if not idx:
             return []
         try:
-            return list(self._vr.get_batch(idx).asnumpy())
+            frames = self._vr.get_batch(idx).asnumpy()  # (N, H, W, 3): frames are its rows
+            # After a batch, decord's decoder thread keeps decoding the rest of the file into
+            # memory while the caller works (measured: RSS grows with the video's length, to
+            # the whole file). Seeking back to the start stops it; the next batch seeks to its
+            # frames anyway. Memory then stays flat at any length (docs/benchmarks.md).
+            self._vr.seek(0)
+            return frames
         except DECORDError:
             # One corrupt frame fails the whole batch and leaves the reader broken. decord's
             # single-frame reads are no way out: its decoder thread runs ahead of the

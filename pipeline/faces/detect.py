@@ -4,6 +4,9 @@ In: RGB uint8 frames (H, W, 3), any mix of sizes. Out: per frame a ``FrameFaces`
 boxes (n, 4) x1 y1 x2 y2, probabilities (n,) and landmarks (n, 5, 2) (left eye, right
 eye, nose, mouth left, mouth right), all in source pixels and already filtered by
 ``min_prob`` and ``min_face``. Only ``MTCNN.detect`` is used: its crop path needs OpenCV.
+When MTCNN cannot run on the frames given (frames smaller than its smallest pyramid level,
+or MTCNN itself raising on them) ``detect_small`` raises ``DetectError`` naming the frames'
+size and the cause; errors of this module's own code are not converted.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ ensure_torchvision_ops()  # facenet-pytorch imports torchvision: fix it first, i
 from facenet_pytorch import MTCNN  # noqa: E402
 
 from pipeline.faces.config import FacesConfig  # noqa: E402
+
+DOWNSCALE_BYTES = 64 * 2**20  # float32 working memory of one ``downscale`` step
+
+
+class DetectError(Exception):
+    """MTCNN could not run on these frames: a property of the input, not a bug here."""
 
 
 @dataclass(frozen=True)
@@ -56,14 +65,22 @@ def detect_shape(height: int, width: int, detect_size: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def downscale(frames: np.ndarray, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, h, w, 3) uint8 on ``device``, antialiased bilinear."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    if tuple(x.shape[1:3]) == tuple(shape):
-        return x
-    y = F.interpolate(x.permute(0, 3, 1, 2).float(), size=shape, mode="bilinear",
-                      antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+def downscale(frames: np.ndarray, shape: tuple[int, int], device: torch.device,
+              max_bytes: int = DOWNSCALE_BYTES) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, h, w, 3) uint8 on ``device``, antialiased bilinear. Frames
+    are resampled a few at a time, so the float32 working copy stays under ``max_bytes``
+    (a chunk of full-HD frames would otherwise cost four times its own size again)."""
+    n, height, width = (int(v) for v in frames.shape[:3])
+    if (height, width) == tuple(shape):
+        return torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    step = max(1, max_bytes // (height * width * 3 * 4))
+    out = torch.empty((n, *shape, 3), dtype=torch.uint8, device=device)
+    for lo in range(0, n, step):
+        x = torch.from_numpy(np.ascontiguousarray(frames[lo: lo + step])).to(device)
+        y = F.interpolate(x.permute(0, 3, 1, 2).float(), size=shape, mode="bilinear",
+                          antialias=True, align_corners=False)
+        out[lo: lo + step] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return out
 
 
 def to_source(points: np.ndarray, src_hw: tuple[int, int], det_hw: tuple[int, int]) -> np.ndarray:
@@ -94,10 +111,23 @@ class FaceDetector:
         # configured minimum (in detection px) instead of its default 20 px, never below
         # its 12 px cell, which would upscale the frame
         self.mtcnn.min_face_size = max(12.0, 0.8 * self.cfg.min_face * scale)
+        size = f"{src_hw[1]}x{src_hw[0]} px (detection size {det_hw[1]}x{det_hw[0]})"
+        if min(det_hw) < self.mtcnn.min_face_size:
+            # MTCNN's pyramid has no level at all for such frames and would fail inside
+            raise DetectError(
+                f"frames of {size} are smaller than MTCNN's smallest pyramid level: the "
+                f"shorter side must be at least {self.mtcnn.min_face_size:.0f} detection px "
+                f"(faces.min_face={self.cfg.min_face})")
         out: list[FrameFaces] = []
         for lo in range(0, len(small), self.cfg.detect_batch):
             part = small[lo: lo + self.cfg.detect_batch]
-            boxes, probs, points = self.mtcnn.detect(part, landmarks=True)
+            try:
+                boxes, probs, points = self.mtcnn.detect(part, landmarks=True)
+            except torch.OutOfMemoryError:
+                raise  # the device, not the frames: the unit fails and is retried
+            except (RuntimeError, ValueError) as err:
+                raise DetectError(f"MTCNN failed on {len(part)} frame(s) of {size}: "
+                                  f"{type(err).__name__}: {err}") from err
             for b, p, pt in zip(boxes, probs, points, strict=True):
                 out.append(self.select(b, p, pt, src_hw, det_hw))
         return out

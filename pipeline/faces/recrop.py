@@ -3,21 +3,31 @@ its replay.
 
 In: a frame (or a manifest row and stored faces rows: ``source_frame``, ``status``,
 ``box``, ``landmarks`` as arrays or Arrow-style lists with None) and a ``FacesConfig``.
-Out: uint8 crops (S, S, 3) / (N, S, S, 3); zeros for rows not ok/filled. The stage crops
-through ``crop_pixels`` from the float32 values it stores, so ``recrop`` with the same
-config reproduces its ``crop_pixels`` exactly.
+Out: uint8 crops (S, S, 3); ``recrop_chunks`` yields (row positions, crops (k, S, S, 3))
+``chunk_frames`` rows at a time, for rows ok/filled only, so memory stays bounded however
+long the sample; ``recrop`` collects them into (N, S, S, 3), zeros for the other rows. The
+stage crops through ``crop_pixels`` from the float32 values it stores, so recropping with
+the same config reproduces its crops exactly. Media that can no longer be opened or read
+raise ``MediaError``; errors of the cropping code itself are not converted.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 
 from pipeline import io
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.crop import crop_face, resize_square
-from pipeline.faces.decode import open_source
+from pipeline.faces.decode import DECODE_ERRORS, open_source
 
 CROPPED = ("ok", "filled")  # statuses that carry a crop
+
+
+class MediaError(Exception):
+    """The media of stored face rows can no longer be read as the face stage read them."""
 
 
 def crop_pixels(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, media: str,
@@ -31,24 +41,43 @@ def crop_pixels(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, media
                      cfg.crop_size, cfg.margin, cfg.align, cfg.aspect)
 
 
-def recrop(sample_row: dict, face_rows: dict[str, np.ndarray], cfg: FacesConfig) -> np.ndarray:
+def recrop_chunks(sample_row: dict, face_rows: dict[str, np.ndarray], cfg: FacesConfig
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Re-decode the frames named by ``face_rows['source_frame']`` from
-    ``sample_row['path']`` (any URL) and crop them with the stored boxes / landmarks."""
+    ``sample_row['path']`` (any URL) and crop them with the stored boxes / landmarks,
+    yielding ``cfg.chunk_frames`` rows (ok/filled only) at a time."""
     status = [str(v) for v in face_rows["status"]]
     boxes = as_matrix(face_rows["box"], 4)
     marks = as_matrix(face_rows["landmarks"], 10)
     frames_at = np.asarray(face_rows["source_frame"], dtype=np.int64)
-    out = np.zeros((len(status), cfg.crop_size, cfg.crop_size, 3), np.uint8)
-    todo = [i for i, st in enumerate(status) if st in CROPPED]
-    media = str(sample_row["media"])
-    with io.local_path(str(sample_row["path"])) as local:
-        source = open_source(local, media, cfg)
+    todo = np.asarray([i for i, st in enumerate(status) if st in CROPPED], dtype=np.int64)
+    media, path = str(sample_row["media"]), str(sample_row["path"])
+    size = cfg.crop_size
+    with contextlib.ExitStack() as stack:
+        try:
+            local = stack.enter_context(io.local_path(path))
+            source = open_source(local, media, cfg)
+        except DECODE_ERRORS as err:
+            raise MediaError(f"cannot open {path}: {type(err).__name__}: {err}") from err
         for lo in range(0, len(todo), cfg.chunk_frames):
             part = todo[lo: lo + cfg.chunk_frames]
-            for i, frame in zip(part, source.read(frames_at[part]), strict=True):
+            try:
+                frames = source.read(frames_at[part])
+            except DECODE_ERRORS as err:
+                raise MediaError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+            crops = np.empty((len(part), size, size, 3), np.uint8)
+            for j, (i, frame) in enumerate(zip(part.tolist(), frames, strict=True)):
                 if isinstance(frame, str):
-                    raise ValueError(f"cannot recrop row {i} of {sample_row['path']}: {frame}")
-                out[i] = crop_pixels(frame, boxes[i], marks[i], media, cfg)
+                    raise MediaError(f"cannot recrop row {i} of {path}: {frame}")
+                crops[j] = crop_pixels(frame, boxes[i], marks[i], media, cfg)
+            yield part, crops
+
+
+def recrop(sample_row: dict, face_rows: dict[str, np.ndarray], cfg: FacesConfig) -> np.ndarray:
+    """``recrop_chunks`` collected into (N, S, S, 3), zeros for rows not ok/filled."""
+    out = np.zeros((len(face_rows["status"]), cfg.crop_size, cfg.crop_size, 3), np.uint8)
+    for part, crops in recrop_chunks(sample_row, face_rows, cfg):
+        out[part] = crops
     return out
 
 

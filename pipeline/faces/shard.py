@@ -17,12 +17,12 @@ from pipeline import parquet
 from pipeline.config import to_dict
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.stage import FaceStage
-from pipeline.faces.table import faces_table
+from pipeline.faces.table import PngCrops, faces_table
 from pipeline.ingest.stage import MEDIA_COLUMNS, media_view
 from pipeline.workspace import Workspace
 from schemas import get
 
-FAILED = frozenset({"decode_error", "bad_frame"})
+FAILED = frozenset({"decode_error", "detect_error", "bad_frame"})
 # Face settings that change the pixels of a crop (and so the embeddings), not the rows.
 CROP_KEYS = ("crop_size", "margin", "align", "aspect")
 # Face settings that change neither rows nor crops (speed and memory only): not fingerprinted.
@@ -74,7 +74,6 @@ class FacesShard:
     def __init__(self, cfg: FacesConfig, num_threads: int | None = None):
         self.cfg = cfg
         self.stage = FaceStage(cfg, num_threads)
-        self.stage.make_crops = cfg.store_crops  # nothing else reads them in this stage
 
     def schema(self, table: str) -> pa.Schema:
         return get("faces")
@@ -86,4 +85,6 @@ class FacesShard:
         return faces_metadata(self.cfg)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, dict]:
-        return {"faces": faces_table(self.stage(rows), self.cfg.store_crops)}
+        # crops are made only to be stored, one PNG at a time (nothing else reads them here)
+        pngs = PngCrops() if self.cfg.store_crops else None
+        return {"faces": faces_table(self.stage.run(rows, pngs), pngs)}

@@ -3,15 +3,22 @@ box, landmarks and square crop.
 
 In: a batch dict of MANIFEST column arrays (``sample_id``, ``video_id``, ``subject_id``,
 ``path``, ``media``, ``start``, ``end``, ``time_unit``, ``shard_id``; others ignored).
-Out: a dict with the FACES columns except ``crop`` plus ``crop_pixels`` uint8
-(N, S, S, 3), zeros where status is not ok/filled. Nulls: NaN in ``timestamp``, ``prob``,
-``box`` (N, 4) and ``landmarks`` (N, 10); -1 in ``source_frame``; None in ``error``.
-Rows follow the input samples in order, then ``frame_index``. A sample that cannot be
-opened gives one ``decode_error`` row (frame_index -1); an undecodable frame a
-``bad_frame`` row. Media 'faces' (pre-cropped face images) skip detection.
-Detection runs on equal-size frames pooled across the batch's samples; crops come from
-frames kept in memory up to ``cache_mb`` per batch, else from re-decoding, through the
-same ``crop_pixels`` call that ``recrop`` uses.
+Out (``run``): a dict with the FACES columns except ``crop`` (ROW_COLUMNS). Nulls: NaN in
+``timestamp``, ``prob``, ``box`` (N, 4) and ``landmarks`` (N, 10); -1 in ``source_frame``;
+None in ``error``. Rows follow the input samples in order, then ``frame_index``. Crops go
+to a sink, ``sink(positions, crops)``: output row positions (k,) and uint8 (k, S, S, 3),
+a chunk at a time in row order, for rows ok/filled only, so no crop exists for a
+``no_face`` row and a sample's crops are never all held at once. ``__call__`` collects them
+into ``crop_pixels`` (N, S, S, 3), zeros elsewhere (tests and small batches).
+Failures are rows: a sample that cannot be opened gives one ``decode_error`` row
+(frame_index -1); a sample that fails later (its frames cannot be read, or MTCNN cannot run
+on them) gives ``decode_error`` / ``detect_error`` on each of its sampled frames, the error
+naming the cause; an undecodable frame a ``bad_frame`` row. Exceptions of this project's
+own code are not converted: they fail the unit. Media 'faces' (pre-cropped face images)
+skip detection. Detection runs on equal-size frames pooled across the batch's samples; when
+a pooled call fails, each sample is retried alone so that only the bad one fails. Crops
+come from frames kept in memory up to ``cache_mb`` per batch, else from re-decoding, a
+chunk at a time, through the same ``crop_pixels`` call that ``recrop`` uses.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import contextlib
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,17 +36,25 @@ import torch
 from pipeline import faults, io
 from pipeline.faces import track as tracking
 from pipeline.faces.config import FacesConfig
-from pipeline.faces.crop import resize_square
 from pipeline.faces.decode import DECODE_ERRORS, FrameSource, open_source, sample_indices
-from pipeline.faces.detect import FaceDetector, FrameFaces, detect_shape, downscale, resolve_device
+from pipeline.faces.detect import (
+    DetectError,
+    FaceDetector,
+    FrameFaces,
+    detect_shape,
+    downscale,
+    resolve_device,
+)
 from pipeline.faces.recrop import CROPPED, crop_pixels, recrop
 from schemas.tables import FACES
 
-__all__ = ["OUTPUT_COLUMNS", "FaceStage", "recrop"]
+__all__ = ["OUTPUT_COLUMNS", "ROW_COLUMNS", "CropSink", "FaceStage", "recrop"]
 
-OUTPUT_COLUMNS = tuple(f.name for f in FACES if f.name != "crop") + ("crop_pixels",)
+ROW_COLUMNS = tuple(f.name for f in FACES if f.name != "crop")
+OUTPUT_COLUMNS = ROW_COLUMNS + ("crop_pixels",)
 _STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "filled"}
 _Pending = dict[tuple[int, int], list[tuple["_Sample", int, torch.Tensor]]]
+CropSink = Callable[[np.ndarray, np.ndarray], None]  # (row positions, uint8 crops)
 
 
 @dataclass
@@ -46,13 +62,19 @@ class _Sample:
     row: int
     media: str
     source: FrameSource | None = None
+    status: str | None = None  # a failure of the whole sample: decode_error | detect_error
     error: str | None = None
     indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     frame_errors: dict[int, str] = field(default_factory=dict)  # position -> message
     shapes: dict[int, tuple[int, int]] = field(default_factory=dict)  # position -> (h, w)
     dets: dict[int, FrameFaces] = field(default_factory=dict)
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # full frames kept for crops
-    crops: dict[int, np.ndarray] = field(default_factory=dict)  # media 'faces' only
+
+    def fail(self, status: str, error: str) -> None:
+        if self.status is None:  # the first cause is the one to report
+            self.status, self.error = status, error
+        self.dets.clear()
+        self.frames.clear()
 
 
 class FaceStage:
@@ -67,9 +89,6 @@ class FaceStage:
         self.device = resolve_device(cfg.device)
         self.detector = FaceDetector(cfg, self.device)
         self.seconds: dict[str, float] = defaultdict(float)  # per phase, summed over calls
-        # False when nobody needs the pixels (faces alone, crops not stored): no crop work,
-        # and ``crop_pixels`` comes back as (N, 0, 0, 3).
-        self.make_crops = True
 
     def _set_threads(self) -> None:
         # Ray may call from another thread than __init__, where torch runs single-threaded
@@ -82,10 +101,26 @@ class FaceStage:
         return self.detector.detect(frames)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``run`` with the crops collected into ``crop_pixels`` (N, S, S, 3): for tests and
+        small batches; the shard stages pass a sink to ``run`` instead."""
+        chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        out = self.run(batch, lambda pos, crops: chunks.append((pos, crops)))
+        size = self.cfg.crop_size
+        out["crop_pixels"] = np.zeros((len(out["frame_index"]), size, size, 3), np.uint8)
+        for pos, crops in chunks:
+            out["crop_pixels"][pos] = crops
+        out["crop_pixels"][~np.isin(out["status"], CROPPED)] = 0  # rows that failed later
+        return out
+
+    def run(self, batch: dict[str, np.ndarray], sink: CropSink | None = None
+            ) -> dict[str, np.ndarray]:
+        """The face rows of a batch (ROW_COLUMNS); crops of ok/filled rows go to ``sink``
+        (none are made without one)."""
         self._set_threads()
         n = len(batch["sample_id"])
         pending: _Pending = {}
         budget = [self.cfg.cache_mb * 2**20]
+        parts = []
         with contextlib.ExitStack() as stack:  # remote media stay copied until cropped
             samples = []
             for i in range(n):
@@ -97,10 +132,13 @@ class FaceStage:
                 samples.append(sample)
             for src_hw in list(pending):
                 self._flush(pending, src_hw)
-            parts = [self._rows(batch, s) for s in samples]
+            offset = 0
+            for s in samples:
+                parts.append(self._rows(batch, s, sink, offset))
+                offset += len(parts[-1]["frame_index"])
         if not parts:
-            parts = [_with_keys(_empty_rows(0, self.cfg.crop_size), batch, 0)]
-        return {c: np.concatenate([p[c] for p in parts]) for c in OUTPUT_COLUMNS}
+            parts = [_with_keys(_empty_rows(0), batch, 0)]
+        return {c: np.concatenate([p[c] for p in parts]) for c in ROW_COLUMNS}
 
     def _open(self, batch: dict[str, np.ndarray], i: int, stack: contextlib.ExitStack) -> _Sample:
         t0 = time.perf_counter()
@@ -116,17 +154,30 @@ class FaceStage:
                                  f"{len(sample.source)} frames")
         except DECODE_ERRORS as err:
             sample.source = None
-            sample.error = f"{type(err).__name__}: {str(err).strip()}"
+            sample.status, sample.error = "decode_error", _describe(err)
         self.seconds["decode"] += time.perf_counter() - t0
         return sample
 
+    def _read(self, s: _Sample, positions: Sequence[int]) -> Sequence[np.ndarray | str] | None:
+        """The frames at these positions of the sample; None (and the sample failed) when
+        the decoder raises instead of reporting bad frames."""
+        assert s.source is not None
+        try:
+            return s.source.read(s.indices[np.asarray(positions, dtype=np.int64)])
+        except DECODE_ERRORS as err:
+            s.fail("decode_error", f"reading frames {positions[0]}..{positions[-1]}: "
+                                   f"{_describe(err)}")
+            return None
+
     def _decode(self, s: _Sample, source: FrameSource, pending: _Pending,
                 budget: list[int]) -> None:
-        """Read the sample's frames a chunk at a time and queue downscaled copies for
-        detection (pre-cropped faces are resized at once instead)."""
+        """Read the sample's frames a chunk at a time, keep full frames for the crop pass
+        while the batch's ``cache_mb`` lasts, and queue downscaled copies for detection."""
         for lo in range(0, len(s.indices), self.cfg.chunk_frames):
             t0 = time.perf_counter()
-            frames = source.read(s.indices[lo: lo + self.cfg.chunk_frames])
+            frames = self._read(s, range(lo, min(lo + self.cfg.chunk_frames, len(s.indices))))
+            if frames is None:
+                return
             by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
             for pos, frame in enumerate(frames, start=lo):
                 if isinstance(frame, str):
@@ -134,18 +185,16 @@ class FaceStage:
                     continue
                 s.shapes[pos] = (int(frame.shape[0]), int(frame.shape[1]))
                 by_shape[s.shapes[pos]].append(pos)
-                if s.media == "faces":
-                    s.crops[pos] = resize_square(frame, self.cfg.crop_size)
-                elif frame.nbytes <= budget[0]:
+                if frame.nbytes <= budget[0]:
                     s.frames[pos] = frame
                     budget[0] -= frame.nbytes
             self.seconds["decode"] += time.perf_counter() - t0
             if s.media == "faces":
-                continue
+                continue  # pre-cropped: no detection
             for src_hw, members in by_shape.items():
                 t0 = time.perf_counter()
                 shape = detect_shape(*src_hw, self.cfg.detect_size)
-                small = downscale(np.stack([frames[p - lo] for p in members]), shape, self.device)
+                small = downscale(_stack(frames, [p - lo for p in members]), shape, self.device)
                 self.seconds["detect"] += time.perf_counter() - t0
                 queue = pending.setdefault(src_hw, [])
                 queue.extend((s, p, small[j]) for j, p in enumerate(members))
@@ -153,35 +202,48 @@ class FaceStage:
                     self._flush(pending, src_hw)
 
     def _flush(self, pending: _Pending, src_hw: tuple[int, int]) -> None:
-        queue = pending.pop(src_hw, [])
+        """Detect on one size's queued frames; when the pooled call fails, each sample in
+        it is tried alone, and a sample that still fails gets ``detect_error``."""
+        queue = [q for q in pending.pop(src_hw, []) if q[0].status is None]
         if not queue:
             return
         t0 = time.perf_counter()
-        found = self.detector.detect_small(torch.stack([q[2] for q in queue]), src_hw)
-        for (sample, pos, _), faces in zip(queue, found, strict=True):
-            sample.dets[pos] = faces
+        by_sample: dict[int, list] = {}
+        for q in queue:
+            by_sample.setdefault(id(q[0]), []).append(q)
+        groups = [queue] + (list(by_sample.values()) if len(by_sample) > 1 else [])
+        for k, group in enumerate(groups):
+            try:
+                found = self.detector.detect_small(torch.stack([q[2] for q in group]), src_hw)
+            except DetectError as err:
+                if k == 0 and len(groups) > 1:
+                    continue  # the pooled call: retry sample by sample
+                group[0][0].fail("detect_error", str(err))
+                continue
+            for (sample, pos, _), faces in zip(group, found, strict=True):
+                sample.dets[pos] = faces
+            if k == 0:
+                break
         self.seconds["detect"] += time.perf_counter() - t0
 
-    def _rows(self, batch: dict[str, np.ndarray], s: _Sample) -> dict[str, np.ndarray]:
+    def _rows(self, batch: dict[str, np.ndarray], s: _Sample, sink: CropSink | None,
+              offset: int) -> dict[str, np.ndarray]:
         if s.source is None:
-            out = _empty_rows(1, self.cfg.crop_size if self.make_crops else 0)
+            out = _empty_rows(1)
             out["frame_index"][0] = -1
-            out["status"][0], out["error"][0] = "decode_error", s.error
+            out["status"][0], out["error"][0] = s.status, s.error
             return _with_keys(out, batch, s.row)
         n = len(s.indices)
-        out = _empty_rows(n, self.cfg.crop_size if self.make_crops else 0)
+        out = _empty_rows(n)
         out["frame_index"][:] = np.arange(n)
         out["source_frame"][:] = s.indices
         out["timestamp"][:] = s.source.timestamps[s.indices]
-        if s.media == "faces":
+        if s.status is None and s.media == "faces":
             for pos, (h, w) in s.shapes.items():
                 out["box"][pos] = (0.0, 0.0, float(w), float(h))
                 out["prob"][pos] = 1.0
                 out["status"][pos] = "ok"
-                crop = s.crops.pop(pos)
-                if self.make_crops:
-                    out["crop_pixels"][pos] = crop
-        else:
+        elif s.status is None:
             t0 = time.perf_counter()
             dets = [None if p in s.frame_errors else s.dets.get(p) for p in range(n)]
             face = tracking.follow(dets, out["timestamp"], self.cfg)
@@ -190,39 +252,62 @@ class FaceStage:
             out["prob"][:] = face.probs
             out["status"][:] = [_STATE_NAMES[int(v)] for v in face.state]
             self.seconds["track"] += time.perf_counter() - t0
+        if s.status is None and sink is not None:
             t0 = time.perf_counter()
-            if self.make_crops:
-                self._crop_all(out, s, s.source)
-            s.frames.clear()
+            self._crop_all(out, s, sink, offset)
             self.seconds["crop"] += time.perf_counter() - t0
+        s.frames.clear()
+        s.dets.clear()
+        if s.status is not None:  # failed after opening: every decodable frame says so
+            out["status"][:], out["error"][:] = s.status, s.error
+            out["box"][:], out["landmarks"][:], out["prob"][:] = np.nan, np.nan, np.nan
         for pos, msg in s.frame_errors.items():
             out["status"][pos], out["error"][pos] = "bad_frame", msg
             out["box"][pos], out["landmarks"][pos], out["prob"][pos] = np.nan, np.nan, np.nan
-            if self.make_crops:
-                out["crop_pixels"][pos] = 0
         return _with_keys(out, batch, s.row)
 
-    def _crop_all(self, out: dict[str, np.ndarray], s: _Sample, source: FrameSource) -> None:
-        """Crops of the rows marked ok/filled: kept frames first, then the others
-        re-decoded a chunk at a time."""
-        todo = [p for p in range(len(s.indices)) if out["status"][p] in CROPPED]
-        missing = [p for p in todo if p not in s.frames]
-        for pos in [p for p in todo if p in s.frames]:
-            out["crop_pixels"][pos] = crop_pixels(s.frames.pop(pos), out["box"][pos],
-                                                  out["landmarks"][pos], s.media, self.cfg)
-        for lo in range(0, len(missing), self.cfg.chunk_frames):
-            part = missing[lo: lo + self.cfg.chunk_frames]
-            for pos, frame in zip(part, source.read(s.indices[part]), strict=True):
+    def _crop_all(self, out: dict[str, np.ndarray], s: _Sample, sink: CropSink,
+                  offset: int) -> None:
+        """Crops of the rows marked ok/filled, ``chunk_frames`` at a time in row order, to
+        the sink: from kept frames, else re-decoded. Frames of other rows are never cropped."""
+        todo = np.flatnonzero(np.isin(out["status"], CROPPED))
+        size = self.cfg.crop_size
+        for lo in range(0, len(todo), self.cfg.chunk_frames):
+            part = todo[lo: lo + self.cfg.chunk_frames]
+            missing = [int(p) for p in part if int(p) not in s.frames]
+            again: dict[int, np.ndarray | str] = {}
+            if missing:
+                read = self._read(s, missing)
+                if read is None:
+                    return  # the sample failed: the rows say so, the sink's crops are moot
+                again = dict(zip(missing, read, strict=True))
+            crops = np.empty((len(part), size, size, 3), np.uint8)
+            made = np.ones(len(part), dtype=bool)
+            for j, pos in enumerate(part.tolist()):
+                frame = s.frames.pop(pos) if pos in s.frames else again[pos]
                 if isinstance(frame, str):
                     # decoded in the first pass but not now: say so rather than crop nothing
                     s.frame_errors[pos] = f"re-decode failed: {frame}"
+                    made[j] = False
                     continue
-                out["crop_pixels"][pos] = crop_pixels(frame, out["box"][pos],
-                                                      out["landmarks"][pos], s.media, self.cfg)
-        s.frames.clear()
+                crops[j] = crop_pixels(frame, out["box"][pos], out["landmarks"][pos], s.media,
+                                       self.cfg)
+            sink(offset + part[made], crops if made.all() else crops[made])
 
 
-def _empty_rows(n: int, size: int) -> dict[str, np.ndarray]:
+def _stack(frames: Sequence[np.ndarray | str], picks: list[int]) -> np.ndarray:
+    """The picked frames as one (k, H, W, 3) array: the decoder's own array when it is
+    exactly that, else one copy."""
+    if isinstance(frames, np.ndarray) and picks == list(range(len(frames))):
+        return frames
+    return np.stack([frames[p] for p in picks])  # type: ignore[misc]
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).strip()}"
+
+
+def _empty_rows(n: int) -> dict[str, np.ndarray]:
     return {
         "frame_index": np.zeros(n, np.int32),
         "source_frame": np.full(n, -1, np.int32),
@@ -232,7 +317,6 @@ def _empty_rows(n: int, size: int) -> dict[str, np.ndarray]:
         "prob": np.full(n, np.nan, np.float32),
         "status": np.full(n, "no_face", dtype=object),
         "error": np.full(n, None, dtype=object),
-        "crop_pixels": np.zeros((n, size, size, 3), np.uint8),
     }
 
 

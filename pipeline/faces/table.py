@@ -1,13 +1,15 @@
 """The face stage's output dict as an Arrow table of the FACES schema.
 
-In: the dict returned by ``FaceStage.__call__`` (NaN / -1 / None stand for nulls).
-Out: a ``pa.Table`` with exactly ``schemas.tables.FACES``; ``crop`` holds PNG bytes of
-``crop_pixels`` for rows that have a crop when ``store_crops`` is set, else null.
+In: the dict returned by ``FaceStage.run`` (NaN / -1 / None stand for nulls) and, when
+crops are stored, the PNG bytes of each row's crop by row position (``PngCrops``, a crop
+sink of the stage). Out: a ``pa.Table`` with exactly ``schemas.tables.FACES``; ``crop``
+holds those bytes for rows that have a face (ok/filled), else null.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +32,16 @@ def _vectors(values: np.ndarray, width: int) -> pa.Array:
                                              mask=pa.array(missing))
 
 
-def faces_table(out: dict[str, np.ndarray], store_crops: bool = False) -> pa.Table:
+class PngCrops(dict):
+    """A crop sink of ``FaceStage.run`` keeping each crop as PNG bytes by row position."""
+
+    def __call__(self, positions: np.ndarray, crops: np.ndarray) -> None:
+        for pos, pixels in zip(positions.tolist(), crops, strict=True):
+            self[pos] = _png(pixels)
+
+
+def faces_table(out: dict[str, np.ndarray], crops: Mapping[int, bytes] | None = None
+                ) -> pa.Table:
     """Convert one stage output to the FACES table (nulls where the dict has NaN / -1)."""
     status = [str(s) for s in out["status"]]
     cols: dict[str, pa.Array] = {}
@@ -45,9 +56,7 @@ def faces_table(out: dict[str, np.ndarray], store_crops: bool = False) -> pa.Tab
         cols[name] = pa.array(values, kind, mask=~np.isfinite(values))
     cols["box"] = _vectors(out["box"], 4)
     cols["landmarks"] = _vectors(out["landmarks"], 10)
-    crops = [None] * len(status)
-    if store_crops:
-        crops = [_png(c) if s in CROPPED else None
-                 for c, s in zip(out["crop_pixels"], status, strict=True)]
-    cols["crop"] = pa.array(crops, pa.binary())
+    stored = crops or {}
+    cols["crop"] = pa.array([stored.get(i) if s in CROPPED else None
+                             for i, s in enumerate(status)], pa.binary())
     return pa.table([cols[f.name] for f in FACES], schema=FACES)
