@@ -2,7 +2,11 @@
 
 Status vocabularies (column ``status``):
 - manifest: ok | missing | empty_file | unreadable | bad_row | unparsed | empty_window
-- faces: ok | filled | no_face | decode_error | detect_error | bad_frame
+- faces: ok | filled | carried | no_face | decode_error | detect_error | bad_frame
+  (filled: a missed frame interpolated inside a track; carried: a frame that
+  detect_mode='keyframe' did not detect on, its face interpolated between two agreeing
+  keyframes; both have a box, landmarks and a crop and a null prob. ``carried`` is a new
+  value, not a new column: faces tables version 1 written before it stay readable)
 - errors: any non-ok status of any stage
 - models: ok | failed
 - predictions, adaptation: ok | insufficient_faces | failed

@@ -1,6 +1,6 @@
 """The embedding stage as shard work, standalone or fused with the face stage.
 
-In: standalone (``EmbedShard``): the shard's faces rows with a face (ok/filled) and their
+In: standalone (``EmbedShard``): the shard's faces rows with a face (ok/filled/carried) and their
 manifest rows; crops come from stored PNGs, or are recomputed from the stored boxes
 (``recrop``, no detection). Fused (``FusedShard``): the shard's manifest rows; faces are
 found and embedded in one pass and crops are never written unless asked.
@@ -51,7 +51,7 @@ DIGEST_COLUMNS = ("frame_index", "source_frame", "timestamp", "box", "landmarks"
 
 
 def faces_input(ws: Workspace, shard_id: str, marker: dict | None = None) -> pa.Table:
-    """The committed faces rows of a shard that have a face (ok or filled)."""
+    """The committed faces rows of a shard that have a face (ok, filled or carried)."""
     t = parquet.read(ws.files("faces", shard_id, marker)["data"])
     return with_face(t)
 

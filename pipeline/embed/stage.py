@@ -4,7 +4,7 @@ In: a batch dict with ``crop_pixels`` uint8 (N, S, S, 3) (any other columns ride
 Out: the same dict plus ``embedding`` float32 (N, d), the image tower's raw output
 (``model.encode_image(x)``, not normalised). Storage dtype (``EmbedConfig.dtype``) is the
 writer's business; the stage always returns float32. Rows are embedded as given: the job
-decides beforehand which rows (status ok/filled) reach this stage.
+decides beforehand which rows (status ok/filled/carried) reach this stage.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pipeline.media import IMAGE_EXTS
 SAMPLINGS = ("all", "every_k", "fps", "count")
 ASPECTS = ("square", "stretch")
 DEVICES = ("auto", "cpu", "cuda")
+DETECT_MODES = ("every", "keyframe")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class FacesConfig:
     cache_mb: int = 256  # full frames kept per batch for the crop pass; beyond: re-decode
     detect_size: int = 320  # longest side of the frames MTCNN sees (never upscaled)
     detect_batch: int = 32  # equal-size frames per MTCNN call
+    # every: MTCNN on each sampled frame; keyframe: on every keyframe_every-th sampled frame
+    # (and the last), the face carried between two keyframes that agree, the frames between
+    # two that disagree (keyframe_iou) detected too
+    detect_mode: Literal["every", "keyframe"] = "every"
+    keyframe_every: int = 5  # detect_mode='keyframe': sampled frames from one keyframe to the next
+    keyframe_iou: float = 0.5  # least IoU of matched faces on two keyframes to carry between them
     min_face: int = 40  # shorter side of a kept box, source px
     min_prob: float = 0.97  # MTCNN probability of a kept box
     track_iou: float = 0.3  # least IoU that links a detection to a track's last box
@@ -49,7 +56,11 @@ class FacesConfig:
             raise ValueError(f"faces.aspect must be one of {ASPECTS}, got {self.aspect!r}")
         if self.device not in DEVICES:
             raise ValueError(f"faces.device must be one of {DEVICES}, got {self.device!r}")
+        if self.detect_mode not in DETECT_MODES:
+            raise ValueError(
+                f"faces.detect_mode must be one of {DETECT_MODES}, got {self.detect_mode!r}")
         _positive("every_k", self.every_k)
+        _positive("keyframe_every", self.keyframe_every)
         _positive("target_fps", self.target_fps)
         _positive("num_frames", self.num_frames)
         _positive("folder_fps", self.folder_fps)
@@ -68,6 +79,10 @@ class FacesConfig:
             raise ValueError(f"faces.min_prob must be in (0, 1], got {self.min_prob}")
         if not 0.0 < self.track_iou <= 1.0:
             raise ValueError(f"faces.track_iou must be in (0, 1], got {self.track_iou}")
+        if not self.track_iou <= self.keyframe_iou <= 1.0:
+            # below track_iou two agreeing keyframes might not link into one track
+            raise ValueError(f"faces.keyframe_iou must be in [track_iou={self.track_iou}, 1], "
+                             f"got {self.keyframe_iou}")
         if self.max_gap < 0:
             raise ValueError(f"faces.max_gap must be >= 0, got {self.max_gap}")
         if self.smooth % 2 == 0:

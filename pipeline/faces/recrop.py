@@ -4,7 +4,7 @@ its replay.
 In: a frame (or a manifest row and stored faces rows: ``source_frame``, ``status``,
 ``box``, ``landmarks`` as arrays or Arrow-style lists with None) and a ``FacesConfig``.
 Out: uint8 crops (S, S, 3); ``recrop_chunks`` yields (row positions, crops (k, S, S, 3))
-``chunk_frames`` rows at a time, for rows ok/filled only, so memory stays bounded however
+``chunk_frames`` rows at a time, for rows ok/filled/carried only, so memory stays bounded however
 long the sample; ``recrop`` collects them into (N, S, S, 3), zeros for the other rows. The
 stage crops through ``crop_pixels`` from the float32 values it stores, so recropping with
 the same config reproduces its crops exactly. Media that can no longer be opened or read
@@ -23,7 +23,7 @@ from pipeline.faces.config import FacesConfig
 from pipeline.faces.crop import crop_face, resize_square
 from pipeline.faces.decode import DECODE_ERRORS, open_source
 
-CROPPED = ("ok", "filled")  # statuses that carry a crop
+CROPPED = ("ok", "filled", "carried")  # statuses that carry a crop
 
 
 class MediaError(Exception):
@@ -45,7 +45,7 @@ def recrop_chunks(sample_row: dict, face_rows: dict[str, np.ndarray], cfg: Faces
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Re-decode the frames named by ``face_rows['source_frame']`` from
     ``sample_row['path']`` (any URL) and crop them with the stored boxes / landmarks,
-    yielding ``cfg.chunk_frames`` rows (ok/filled only) at a time."""
+    yielding ``cfg.chunk_frames`` rows (ok/filled/carried only) at a time."""
     status = [str(v) for v in face_rows["status"]]
     boxes = as_matrix(face_rows["box"], 4)
     marks = as_matrix(face_rows["landmarks"], 10)
@@ -74,7 +74,7 @@ def recrop_chunks(sample_row: dict, face_rows: dict[str, np.ndarray], cfg: Faces
 
 
 def recrop(sample_row: dict, face_rows: dict[str, np.ndarray], cfg: FacesConfig) -> np.ndarray:
-    """``recrop_chunks`` collected into (N, S, S, 3), zeros for rows not ok/filled."""
+    """``recrop_chunks`` collected into (N, S, S, 3), zeros for rows not ok/filled/carried."""
     out = np.zeros((len(face_rows["status"]), cfg.crop_size, cfg.crop_size, 3), np.uint8)
     for part, crops in recrop_chunks(sample_row, face_rows, cfg):
         out[part] = crops

@@ -16,6 +16,7 @@ import pyarrow as pa
 from pipeline import parquet
 from pipeline.config import to_dict
 from pipeline.faces.config import FacesConfig
+from pipeline.faces.recrop import CROPPED
 from pipeline.faces.stage import FaceStage
 from pipeline.faces.table import PngCrops, faces_table
 from pipeline.ingest.stage import MEDIA_COLUMNS, media_view
@@ -27,7 +28,10 @@ FAILED = frozenset({"decode_error", "detect_error", "bad_frame"})
 CROP_KEYS = ("crop_size", "margin", "align", "aspect")
 # Face settings that change neither rows nor crops (speed and memory only): not fingerprinted.
 RUNTIME_KEYS = ("chunk_frames", "cache_mb", "detect_batch", "device")
-WITH_FACE = ("ok", "filled")
+# Keyframe settings: they change the rows in detect_mode='keyframe' only, so per-frame mode
+# leaves them out and keeps the fingerprints of tables made before the option existed.
+KEYFRAME_KEYS = ("detect_mode", "keyframe_every", "keyframe_iou")
+WITH_FACE = CROPPED  # statuses with a face: ok | filled | carried
 
 
 def manifest_input(ws: Workspace, shard_id: str, marker: dict | None = None) -> pa.Table:
@@ -56,7 +60,8 @@ def faces_metadata(cfg: FacesConfig) -> dict[str, str]:
 
 
 def fingerprint_config(cfg: FacesConfig) -> dict:
-    return {"faces": {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}}
+    skip = RUNTIME_KEYS + (KEYFRAME_KEYS if cfg.detect_mode == "every" else ())
+    return {"faces": {k: v for k, v in to_dict(cfg).items() if k not in skip}}
 
 
 def unpng(data: bytes) -> np.ndarray:

@@ -7,7 +7,7 @@ Out (``run``): a dict with the FACES columns except ``crop`` (ROW_COLUMNS). Null
 ``timestamp``, ``prob``, ``box`` (N, 4) and ``landmarks`` (N, 10); -1 in ``source_frame``;
 None in ``error``. Rows follow the input samples in order, then ``frame_index``. Crops go
 to a sink, ``sink(positions, crops)``: output row positions (k,) and uint8 (k, S, S, 3),
-a chunk at a time in row order, for rows ok/filled only, so no crop exists for a
+a chunk at a time in row order, for rows ok/filled/carried only, so no crop exists for a
 ``no_face`` row and a sample's crops are never all held at once. ``__call__`` collects them
 into ``crop_pixels`` (N, S, S, 3), zeros elsewhere (tests and small batches).
 Failures are rows: a sample that cannot be opened gives one ``decode_error`` row
@@ -16,7 +16,11 @@ on them) gives ``decode_error`` / ``detect_error`` on each of its sampled frames
 naming the cause; an undecodable frame a ``bad_frame`` row. Exceptions of this project's
 own code are not converted: they fail the unit. Media 'faces' (pre-cropped face images)
 skip detection. Detection runs on equal-size frames pooled across the batch's samples; when
-a pooled call fails, each sample is retried alone so that only the bad one fails. Crops
+a pooled call fails, each sample is retried alone so that only the bad one fails. With
+``detect_mode='keyframe'`` only the keyframes (``track.keyframes``) are detected while
+decoding; once they are, the frames between two keyframes that disagree
+(``track.agree``) are detected too (kept frames, else decoded again), and the rest are
+``carried`` by the tracker (null ``prob``). Crops
 come from frames kept in memory up to ``cache_mb`` per batch, else from re-decoding, a
 chunk at a time, through the same ``crop_pixels`` call that ``recrop`` uses.
 """
@@ -52,7 +56,8 @@ __all__ = ["OUTPUT_COLUMNS", "ROW_COLUMNS", "CropSink", "FaceStage", "recrop"]
 
 ROW_COLUMNS = tuple(f.name for f in FACES if f.name != "crop")
 OUTPUT_COLUMNS = ROW_COLUMNS + ("crop_pixels",)
-_STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "filled"}
+_STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "filled",
+                tracking.CARRIED: "carried"}
 _Pending = dict[tuple[int, int], list[tuple["_Sample", int, torch.Tensor]]]
 CropSink = Callable[[np.ndarray, np.ndarray], None]  # (row positions, uint8 crops)
 
@@ -69,6 +74,7 @@ class _Sample:
     shapes: dict[int, tuple[int, int]] = field(default_factory=dict)  # position -> (h, w)
     dets: dict[int, FrameFaces] = field(default_factory=dict)
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # full frames kept for crops
+    detected: set[int] | None = None  # keyframe mode: positions detected on (None: all)
 
     def fail(self, status: str, error: str) -> None:
         if self.status is None:  # the first cause is the one to report
@@ -114,7 +120,7 @@ class FaceStage:
 
     def run(self, batch: dict[str, np.ndarray], sink: CropSink | None = None
             ) -> dict[str, np.ndarray]:
-        """The face rows of a batch (ROW_COLUMNS); crops of ok/filled rows go to ``sink``
+        """The face rows of a batch (ROW_COLUMNS); crops of ok/filled/carried rows go to ``sink``
         (none are made without one)."""
         self._set_threads()
         n = len(batch["sample_id"])
@@ -132,6 +138,12 @@ class FaceStage:
                 samples.append(sample)
             for src_hw in list(pending):
                 self._flush(pending, src_hw)
+            if self.cfg.detect_mode == "keyframe":
+                for sample in samples:
+                    if sample.detected is not None and sample.status is None:
+                        self._between(sample, pending)
+                for src_hw in list(pending):
+                    self._flush(pending, src_hw)
             offset = 0
             for s in samples:
                 parts.append(self._rows(batch, s, sink, offset))
@@ -152,6 +164,9 @@ class FaceStage:
             if len(sample.indices) == 0:
                 raise ValueError(f"window [{start}, {end}] {unit} holds none of the "
                                  f"{len(sample.source)} frames")
+            if self.cfg.detect_mode == "keyframe" and sample.media != "faces":
+                sample.detected = set(tracking.keyframes(len(sample.indices),
+                                                         self.cfg.keyframe_every).tolist())
         except DECODE_ERRORS as err:
             sample.source = None
             sample.status, sample.error = "decode_error", _describe(err)
@@ -191,15 +206,61 @@ class FaceStage:
             self.seconds["decode"] += time.perf_counter() - t0
             if s.media == "faces":
                 continue  # pre-cropped: no detection
-            for src_hw, members in by_shape.items():
-                t0 = time.perf_counter()
-                shape = detect_shape(*src_hw, self.cfg.detect_size)
-                small = downscale(_stack(frames, [p - lo for p in members]), shape, self.device)
-                self.seconds["detect"] += time.perf_counter() - t0
-                queue = pending.setdefault(src_hw, [])
-                queue.extend((s, p, small[j]) for j, p in enumerate(members))
-                if len(queue) >= self.cfg.detect_batch:
-                    self._flush(pending, src_hw)
+            for members in by_shape.values():
+                if s.detected is not None:  # keyframe mode: keyframes first
+                    members = [p for p in members if p in s.detected]
+                self._queue(s, frames, [p - lo for p in members], members, pending)
+
+    def _queue(self, s: _Sample, frames: Sequence[np.ndarray | str], picks: list[int],
+               positions: list[int], pending: _Pending) -> None:
+        """Downscale the decoded frames ``frames[picks]`` (one source size) of the sample's
+        ``positions`` and queue them for detection, detecting once a batch is full."""
+        if not positions:
+            return
+        t0 = time.perf_counter()
+        src_hw = s.shapes[positions[0]]
+        small = downscale(_stack(frames, picks), detect_shape(*src_hw, self.cfg.detect_size),
+                          self.device)
+        self.seconds["detect"] += time.perf_counter() - t0
+        queue = pending.setdefault(src_hw, [])
+        queue.extend((s, p, small[j]) for j, p in enumerate(positions))
+        if len(queue) >= self.cfg.detect_batch:
+            self._flush(pending, src_hw)
+
+    def _between(self, s: _Sample, pending: _Pending) -> None:
+        """Keyframe mode, once the keyframes are detected: queue the frames between two
+        keyframes whose faces disagree (``tracking.agree``) for detection, from the kept
+        frames or decoded again; the frames between agreeing keyframes stay skipped."""
+        assert s.detected is not None
+        keys = sorted(s.detected)
+        redo = [t for a, b in zip(keys[:-1], keys[1:], strict=False) if b - a > 1
+                and not tracking.agree(self._found(s, a), self._found(s, b),
+                                       self.cfg.keyframe_iou)
+                for t in range(a + 1, b)]
+        s.detected.update(redo)
+        for lo in range(0, len(redo), self.cfg.chunk_frames):
+            part = redo[lo: lo + self.cfg.chunk_frames]
+            missing = [p for p in part if p not in s.frames]
+            t0 = time.perf_counter()
+            read = self._read(s, missing) if missing else []
+            self.seconds["decode"] += time.perf_counter() - t0
+            if read is None:
+                return
+            again = dict(zip(missing, read, strict=True))
+            frames = [s.frames[p] if p in s.frames else again[p] for p in part]
+            by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+            for j, (pos, frame) in enumerate(zip(part, frames, strict=True)):
+                if isinstance(frame, str):  # decoded in the first pass but not now
+                    s.frame_errors[pos] = f"re-decode failed: {frame}"
+                else:
+                    by_shape[s.shapes[pos]].append(j)
+            for picks in by_shape.values():
+                self._queue(s, frames, picks, [part[j] for j in picks], pending)
+
+    @staticmethod
+    def _found(s: _Sample, pos: int) -> FrameFaces | None:
+        """The faces detected on a frame; None when it could not be decoded or detected."""
+        return None if pos in s.frame_errors else s.dets.get(pos)
 
     def _flush(self, pending: _Pending, src_hw: tuple[int, int]) -> None:
         """Detect on one size's queued frames; when the pooled call fails, each sample in
@@ -245,8 +306,12 @@ class FaceStage:
                 out["status"][pos] = "ok"
         elif s.status is None:
             t0 = time.perf_counter()
-            dets = [None if p in s.frame_errors else s.dets.get(p) for p in range(n)]
-            face = tracking.follow(dets, out["timestamp"], self.cfg)
+            dets = [self._found(s, p) for p in range(n)]
+            skipped = None
+            if s.detected is not None:
+                skipped = np.array([p not in s.detected and p not in s.frame_errors
+                                    for p in range(n)], dtype=bool)
+            face = tracking.follow(dets, out["timestamp"], self.cfg, skipped)
             out["box"][:] = face.boxes
             out["landmarks"][:] = face.landmarks.reshape(n, 10)
             out["prob"][:] = face.probs
@@ -268,7 +333,7 @@ class FaceStage:
 
     def _crop_all(self, out: dict[str, np.ndarray], s: _Sample, sink: CropSink,
                   offset: int) -> None:
-        """Crops of the rows marked ok/filled, ``chunk_frames`` at a time in row order, to
+        """Crops of the rows marked ok/filled/carried, ``chunk_frames`` at a time in row order, to
         the sink: from kept frames, else re-decoded. Frames of other rows are never cropped."""
         todo = np.flatnonzero(np.isin(out["status"], CROPPED))
         size = self.cfg.crop_size

@@ -3,7 +3,7 @@
 In: the dict returned by ``FaceStage.run`` (NaN / -1 / None stand for nulls) and, when
 crops are stored, the PNG bytes of each row's crop by row position (``PngCrops``, a crop
 sink of the stage). Out: a ``pa.Table`` with exactly ``schemas.tables.FACES``; ``crop``
-holds those bytes for rows that have a face (ok/filled), else null.
+holds those bytes for rows that have a face (ok/filled/carried), else null.
 """
 
 from __future__ import annotations

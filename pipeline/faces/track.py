@@ -2,10 +2,13 @@
 fill its short gaps.
 
 In: per sampled frame a ``FrameFaces`` (or ``None`` for a frame that could not be
-decoded), the frames' timestamps and a ``FacesConfig``.
-Out: a ``FaceTrack`` with per-frame state (OK, FILLED or NONE), boxes (T, 4),
-landmarks (T, 5, 2) and probabilities (T,), float32 with NaN where there is no face.
-Decoded-but-missed frames count towards a gap; undecodable frames are never filled.
+decoded, or that keyframe mode did not detect on: ``skipped``), the frames' timestamps and
+a ``FacesConfig``.
+Out: a ``FaceTrack`` with per-frame state (OK, FILLED, CARRIED or NONE), boxes (T, 4),
+landmarks (T, 5, 2) and probabilities (T,), float32 with NaN where there is no face and
+on interpolated frames. Decoded-but-missed frames count towards a gap; undecodable frames
+are never filled; skipped frames inside a track are CARRIED whatever the gap's length
+(``keyframes`` decides where skipping is safe), and skipped frames outside one stay NONE.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ import numpy as np
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.detect import FrameFaces
 
-NONE, OK, FILLED = 0, 1, 2
+NONE, OK, FILLED, CARRIED = 0, 1, 2, 3
 
 
 @dataclass
 class FaceTrack:
-    state: np.ndarray  # (T,) int8: NONE | OK | FILLED
+    state: np.ndarray  # (T,) int8: NONE | OK | FILLED | CARRIED
     boxes: np.ndarray  # (T, 4) float32
     landmarks: np.ndarray  # (T, 5, 2) float32
     probs: np.ndarray  # (T,) float32
@@ -117,10 +120,60 @@ def _smooth(frames: np.ndarray, values: np.ndarray, window: int) -> np.ndarray:
     return out.reshape(values.shape)
 
 
+def keyframes(n: int, every: int) -> np.ndarray:
+    """Positions detected first in keyframe mode: 0, every, 2 * every, ... and n - 1."""
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    return np.unique(np.append(np.arange(0, n, every, dtype=np.int64), n - 1))
+
+
+def agree(a: FrameFaces | None, b: FrameFaces | None, min_iou: float) -> bool:
+    """Whether the faces between two keyframes can be carried instead of detected: both
+    decoded, the same number of faces (none on both also agrees), and each face of one
+    matched to its own face of the other at IoU >= min_iou (greedy, best pairs first). A
+    face that appears, leaves, jumps or a second face that enters makes them disagree."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    if len(a) == 0:
+        return True
+    overlap = iou(a.boxes, b.boxes)
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    for flat in np.argsort(-overlap, axis=None, kind="stable"):
+        i, j = divmod(int(flat), overlap.shape[1])
+        if overlap[i, j] < min_iou:
+            return False
+        if i in used_a or j in used_b:
+            continue
+        used_a.add(i)
+        used_b.add(j)
+        if len(used_a) == len(a):
+            return True
+    return False
+
+
+def _carried_score(chain: _Chain, skip: np.ndarray) -> float:
+    """What the skipped frames between a chain's detections would have added to its score
+    had they been detected (the mean of the two detections' area * prob each): a face
+    seen on few keyframes but carried over many frames competes as per-frame detection
+    would let it."""
+    extra = 0.0
+    for k in range(len(chain.frames) - 1):
+        a, b = chain.frames[k], chain.frames[k + 1]
+        count = int(skip[a + 1: b].sum())
+        if count:
+            mass = [_area(chain.boxes[i]) * chain.probs[i] for i in (k, k + 1)]
+            extra += count * 0.5 * (mass[0] + mass[1])
+    return extra
+
+
 def follow(
-    dets: Sequence[FrameFaces | None], timestamps: np.ndarray, cfg: FacesConfig
+    dets: Sequence[FrameFaces | None], timestamps: np.ndarray, cfg: FacesConfig,
+    skipped: np.ndarray | None = None,
 ) -> FaceTrack:
-    """The sample's face track: the best chain, smoothed, short gaps interpolated."""
+    """The sample's face track: the best chain, smoothed, short gaps interpolated, and
+    frames that were not detected on (``skipped``, bool (T,)) carried between its
+    detections."""
     n = len(dets)
     track = FaceTrack(
         state=np.full(n, NONE, np.int8),
@@ -131,6 +184,10 @@ def follow(
     chains = link(dets, cfg.track_iou)
     if not chains:
         return track
+    skip = np.zeros(n, bool) if skipped is None else np.asarray(skipped, bool)
+    if skip.any():
+        for chain in chains:
+            chain.score += _carried_score(chain, skip)
     best = max(chains, key=lambda c: c.score)  # max keeps the first of equal scores
     frames = np.asarray(best.frames)
     boxes = _smooth(frames, np.stack(best.boxes), cfg.smooth)
@@ -139,11 +196,12 @@ def follow(
     track.boxes[frames] = boxes
     track.landmarks[frames] = marks
     track.probs[frames] = best.probs
-    decodable = np.array([d is not None for d in dets])
+    decodable = np.array([d is not None for d in dets]) | skip
     ts = np.asarray(timestamps, np.float64)
     for k in range(len(frames) - 1):
         a, b = int(frames[k]), int(frames[k + 1])
-        if b - a - 1 == 0 or b - a - 1 > cfg.max_gap:
+        missed = int((~skip[a + 1: b]).sum())  # detected on, without this face
+        if b - a - 1 == 0 or missed > cfg.max_gap:
             continue
         for t in range(a + 1, b):
             if not decodable[t]:
@@ -151,7 +209,7 @@ def follow(
             # interpolate on time so that variable frame rates move the box correctly
             span = ts[b] - ts[a]
             w = (ts[t] - ts[a]) / span if np.isfinite(span) and span > 0 else (t - a) / (b - a)
-            track.state[t] = FILLED
+            track.state[t] = CARRIED if skip[t] else FILLED
             track.boxes[t] = (1 - w) * boxes[k] + w * boxes[k + 1]
             track.landmarks[t] = (1 - w) * marks[k] + w * marks[k + 1]
     return track
