@@ -144,8 +144,9 @@ def prepare(cfg: Config, methods: tuple[str, ...] | None = None,
     model_methods = [x for x in methods if x in MODEL_METHODS and not _usable(x, cfg.prompts.bank)]
     digests, emb_hash = data.input_digests(ws, ctx.backbone_id)
     settings = {k: v for k, v in cfgmod.to_dict(cfg.adapt).items() if k not in RUNTIME_KEYS}
-    base = {"adapt": settings, "steps": p.tta_steps, "window": p.window, "clip_len": p.clip_len,
-            "stride": p.stride, "min_face_frames": p.min_face_frames,
+    base = {"protocol.tta_steps": p.tta_steps, "protocol.window": p.window,
+            "protocol.clip_len": p.clip_len, "protocol.stride": p.stride,
+            "protocol.min_face_frames": p.min_face_frames,
             "prompts": cfgmod.to_dict(cfg.prompts), "classes": list(ctx.classes)}
     common = {"text": ctx.text.digest, "embeddings_config": emb_hash, "weights": ctx.weights_digest}
     units, fps = {}, {}
@@ -168,22 +169,35 @@ def prepare(cfg: Config, methods: tuple[str, ...] | None = None,
                 for method in (model_methods if fold_no == fold.fold else ()):
                     unit = unit_name(method, model_id, subject)
                     add(unit, AdaptSpec(unit, method, subject, model_id, fold.fold, seed),
-                        Fingerprint(config={**base, "method": method, "seed": seed},
+                        Fingerprint(config={**base, "adapt": method_settings(settings, method),
+                                            "method": method, "seed": seed},
                                     inputs={"model": model_fp, **inputs}))
             if "tta-cap-frozen" in methods and len(rows):
                 unit = unit_name("tta-cap-frozen", ctx.backbone_id, fold.name, subject)
                 spec = AdaptSpec(unit, "tta-cap-frozen", subject, None, fold.fold, None, tuple(fold.source))
-                add(unit, spec, Fingerprint(config={**base, "method": spec.method,
+                add(unit, spec, Fingerprint(config={**base, "adapt": method_settings(settings, spec.method),
+                                                    "method": spec.method,
                                                     "tta_cap": TTACaPConfig().to_dict()},
                                             inputs={"source": source, **inputs}))
             if "tpt" in methods:
                 unit = unit_name("tpt", ctx.backbone_id, subject)
                 add(unit, AdaptSpec(unit, "tpt", subject, None, fold.fold, None),
-                    Fingerprint(config={**base, "method": "tpt", "tpt": TPTConfig().to_dict()}, inputs=inputs))
+                    Fingerprint(config={**base, "adapt": method_settings(settings, "tpt"), "method": "tpt",
+                                        "tpt": TPTConfig().to_dict()}, inputs=inputs))
     if not units:
         why = "; ".join(sorted(set(notes))) or "no target subject with ok samples in any fold"
         raise AdaptSkipped(f"nothing to adapt: {why}")
     return AdaptSetup(ws, ctx, units, fps, m.checkpoints, sorted(set(notes)))
+
+
+# The adapt settings each method's results depend on (the others never refuse its units).
+METHOD_SETTINGS = {ZERO_STEP_METHOD: ("fast", "chunk_size", "subjects_per_batch", "text_precision"),
+                   "tta-cap-frozen": (), "tpt": ("fast", "text_precision")}
+
+
+def method_settings(settings: dict, method: str) -> dict:
+    keep = METHOD_SETTINGS.get(method)
+    return dict(settings) if keep is None else {k: v for k, v in settings.items() if k in keep}
 
 
 def run(cfg: Config, run_id: str, methods: tuple[str, ...] | None = None,
@@ -197,7 +211,7 @@ def run(cfg: Config, run_id: str, methods: tuple[str, ...] | None = None,
         print(f"[adapt] skipped: {note}", file=sys.stderr)
     todo = plan(s.ws, "adaptation", {u: f["adaptation"] for u, f in s.fps.items()},
                 recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,
-                failure_statuses=frozenset({"failed"}), incremental=True)
+                failure_statuses=frozenset({"failed"}), incremental="whole")
     arun = AdaptRun(cfg.adapt, cfg.protocol.tta_steps, cfg.protocol.window, cfg.embed, cfg.prompts)
     progress = _say if cfg.run.progress else None
     factory = functools.partial(_make_stage, s.units, s.ctx, arun, s.checkpoints, progress)
@@ -305,8 +319,9 @@ def apply_contexts(cfg: Config, run_id: str, source: str) -> list[StageRun]:
         p = cfg.protocol
         fp = Fingerprint(config={"method": meta["method"], "window": p.window, "clip_len": p.clip_len,
                                  "stride": p.stride, "min_face_frames": p.min_face_frames,
-                                 "adapt": {k: v for k, v in cfgmod.to_dict(cfg.adapt).items()
-                                           if k not in RUNTIME_KEYS}},
+                                 "adapt": method_settings(  # applied with 0 steps
+                                     {k: v for k, v in cfgmod.to_dict(cfg.adapt).items()
+                                      if k not in RUNTIME_KEYS}, ZERO_STEP_METHOD)},
                          inputs={"context": marker["output_digest"], "model": ext.weights_sha,
                                  "targets": data.digest_of([(x, digests.get(x)) for x in new]),
                                  "text": ext.ctx.text.digest, "embeddings_config": emb_hash})
@@ -316,7 +331,7 @@ def apply_contexts(cfg: Config, run_id: str, source: str) -> list[StageRun]:
     if not units:
         raise AdaptSkipped(f"--contexts {source}: nothing to apply ({'; '.join(notes)})")
     todo = plan(out, "adaptation", {u: f["adaptation"] for u, f in fps.items()}, recompute=cfg.run.recompute,
-                retry_failed=cfg.run.retry_failed, failure_statuses=frozenset({"failed"}), incremental=True)
+                retry_failed=cfg.run.retry_failed, failure_statuses=frozenset({"failed"}), incremental="whole")
     arun = AdaptRun(cfg.adapt, cfg.protocol.tta_steps, cfg.protocol.window, cfg.embed, cfg.prompts)
     factory = functools.partial(_make_stage, units, ctx, arun, checkpoints, _say if cfg.run.progress else None)
     return [run_shards("predict", out, factory, todo, fps, run_id, cfg.run, primary="adaptation")]

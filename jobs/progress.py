@@ -9,15 +9,21 @@ one per unit. ``AUTT_PROGRESS=lines`` forces plain lines on a terminal too.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 _active: list = []  # the bar now shown, if any: notices are written above it
 
 
+MIN_COLUMNS = 40  # a terminal narrower than this (or one that reports 0 columns) gets lines
+
+
 def _on_terminal(stream) -> bool:
     try:
-        return stream.isatty() and os.environ.get("AUTT_PROGRESS", "") != "lines"
-    except (AttributeError, ValueError):  # a closed or unusual stream
+        if not stream.isatty() or os.environ.get("AUTT_PROGRESS", "") == "lines":
+            return False
+        return shutil.get_terminal_size((0, 0)).columns >= MIN_COLUMNS
+    except (AttributeError, ValueError, OSError):  # a closed or unusual stream
         return False
 
 
@@ -43,7 +49,8 @@ class UnitProgress:
 
     def advance(self, line: str) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(line, refresh=False)
+            # the bar shows "k/n" itself: the postfix is the unit's own part of the line
+            self.bar.set_postfix_str(line.split(" shard ", 1)[-1], refresh=False)
             self.bar.update(1)
         elif self.enabled:
             print(line, file=sys.stderr, flush=True)

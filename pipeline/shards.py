@@ -126,14 +126,16 @@ class Plan:
 def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, recompute: bool,
          retry_failed: bool, failure_statuses: frozenset[str],
          config_only: frozenset[str] = frozenset(), done: dict[str, dict] | None = None,
-         incremental: bool = False) -> Plan:
+         incremental: bool | str = False) -> Plan:
     """Decide, for every unit, whether to run, retry or skip it; refuse on changes.
 
     ``config_only``: units whose inputs are being remade in this same run (their marker is
     compared on config alone; they run). With ``retry_failed``, a unit whose inputs changed
     but whose config did not is redone whole (its upstream rows were just retried). An
     ``incremental`` stage (a per-sample cache such as the embeddings) always follows its
-    inputs: only the samples whose input rows changed are redone (``delta``).
+    inputs: only the samples whose input rows changed are redone (``delta``);
+    ``incremental="whole"``: a unit whose inputs changed is redone whole (a unit whose
+    result depends on all its inputs at once, such as a subject's adaptation).
     ``done``: the table's markers when the caller has read them already (one read per table).
     """
     done = ws.markers(table) if done is None else done
@@ -147,7 +149,8 @@ def plan(ws: Workspace, table: str, fingerprints: dict[str, Fingerprint], *, rec
         why = describe_change(marker, fp, inputs=shard_id not in config_only)
         config_changed = marker["config_hash"] != fp.config_hash
         if why and incremental and not config_changed and not recompute:
-            result.delta.append(shard_id)  # a per-sample cache follows its inputs
+            # a per-sample cache follows its inputs; a whole-unit result is redone
+            (result.run if incremental == "whole" else result.delta).append(shard_id)
             continue
         if why and not recompute and (config_changed or not retry_failed):
             changes[shard_id] = why

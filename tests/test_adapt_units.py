@@ -270,6 +270,17 @@ def test_adapted_contexts_apply_to_new_samples_of_their_subject(micro, ws_copy, 
     assert set(got["unit_id"]) == {u + ".applied" for u in Workspace(str(ws_copy)).markers("adaptation")}
     for r in got[got["step"].isna()].itertuples():
         np.testing.assert_allclose(r.probs, final[r.sample_id], atol=1e-6)
+    # the source's contexts are adapted again (another lr): applying them again redoes each
+    # applied unit whole (its context changed), never a crash or a duplicate row
+    source = tmp_path / "source"
+    shutil.copytree(ws_copy, source)
+    assert autt(source, "adapt", "--methods", "clip-autt", "adapt.lr=0.05", "--recompute") == 0
+    before = Workspace(str(other)).markers("adaptation")
+    assert autt(other, "predict", "--contexts", str(source)) == 0
+    after = Workspace(str(other)).markers("adaptation")
+    assert after.keys() == before.keys() and all(after[u] != before[u] for u in after)
+    again = rows(other, "clip-autt")
+    assert len(again) == len(got) and not again.duplicated(["sample_id", "step"]).any()
     # the same workspace, after new samples arrive: only the new ones of s04 and s05 are predicted
     assert autt(ws_copy, "ingest", "--manifest", micro["manifest_plus"], "--split", micro["split"],
                 "--classes", "neutral,pain") == 0
@@ -312,3 +323,27 @@ def test_subjects_batched_in_one_text_forward_match_one_at_a_time(micro, tmp_pat
     assert autt(fallback, "adapt", *methods, "adapt.subjects_per_batch=2") == 0
     c = keyed(rows(fallback))
     assert c.keys() == a.keys() and all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_mid_unit_kills_resume_and_settings_refuse_only_the_methods_they_change(ws_copy, monkeypatch,
+                                                                                 capsys):
+    # killed mid-unit (inputs loaded, nothing computed): the others commit, a rerun ends it
+    monkeypatch.setenv("AUTT_FAULT", "mid_shard:adapt/tpt.")
+    assert autt(ws_copy, "adapt", "adapt.max_retries=0") == 1
+    ws = Workspace(str(ws_copy))
+    first = ws.markers("adaptation")
+    assert len(first) == 6 and not any(u.startswith("tpt.") for u in first)
+    monkeypatch.delenv("AUTT_FAULT")
+    assert autt(ws_copy, "adapt") == 0
+    done = ws.markers("adaptation")
+    assert len(done) == 8 and not rows(ws_copy).duplicated(["unit_id", "sample_id", "step"]).any()
+    capsys.readouterr()
+    # the learning rate changes CLIP-AUTT, not TPT, TTA-CaP or the 0-step method
+    assert autt(ws_copy, "adapt", "--methods", "tpt,tta-cap-frozen,clip-au+windows", "adapt.lr=0.05") == 0
+    assert ws.markers("adaptation") == done
+    capsys.readouterr()
+    assert autt(ws_copy, "adapt", "adapt.lr=0.05") == 2
+    err = capsys.readouterr().err
+    assert "clip-autt." in err and "lr" in err and "--recompute" in err
+    assert autt(ws_copy, "adapt", "protocol.tta_steps=4") == 2
+    assert "protocol.tta_steps" in capsys.readouterr().err  # the key the user sets

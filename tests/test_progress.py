@@ -28,6 +28,7 @@ def test_a_bar_on_a_terminal_with_notices_above_it(monkeypatch) -> None:
     err = _Tty()
     monkeypatch.setattr(sys, "stderr", err)
     monkeypatch.delenv("AUTT_PROGRESS", raising=False)
+    monkeypatch.setenv("COLUMNS", "120")
     p = progress.UnitProgress(True, "embed", 3)
     assert p.bar is not None
     for i in range(3):
@@ -52,3 +53,15 @@ def test_quiet_prints_nothing_and_lines_can_be_forced(monkeypatch) -> None:
     forced.advance("[train] 1/5 model m0")
     forced.close()
     assert err.getvalue() == "[train] 1/5 model m0\n"
+
+
+def test_a_terminal_without_width_gets_lines(monkeypatch) -> None:
+    err = _Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.delenv("AUTT_PROGRESS", raising=False)
+    monkeypatch.setenv("COLUMNS", "0")  # e.g. `script` without a size: tqdm would draw nothing
+    p = progress.UnitProgress(True, "adapt", 2)
+    assert p.bar is None
+    p.advance("[adapt] 1/2 shard u1")
+    p.close()
+    assert err.getvalue() == "[adapt] 1/2 shard u1\n"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline import faults
 from pipeline.model import baselines as bl
 from pipeline.model.clips import clip_indices, gather_clips
 from pipeline.model.data import Sequences, TextFeatures, labelled_rows, read_sequences, sample_rows
@@ -182,6 +183,7 @@ class _TargetStage:
         import torch
 
         unit = str(rows["_unit"][0]) if len(rows["_unit"]) else next(iter(self.units))
+        faults.maybe_fail("mid_shard", f"{self.name}/{unit}")  # inputs loaded, nothing computed
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         return (unit, self.units[unit], *self._split(rows))
