@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from jobs.benchinfo import describe
+from jobs.benchinfo import describe, timed
 
 GOAL_S = 15.0  # a whole subject, two CPU cores
 
@@ -112,17 +112,13 @@ class Bench:
         """The image tower over ``n_frames`` random crops, no gradient (the reference's
         per-step recomputation of the frame features)."""
         pixels = torch.randn(min(batch, n_frames), 3, self.image_size, self.image_size, device=self.device)
-        t0 = _now(self.device)
-        with torch.inference_mode():
+
+        @torch.inference_mode()
+        def tower() -> None:
             for start in range(0, n_frames, batch):
                 self.image(pixels[: min(batch, n_frames - start)])
-        return _now(self.device) - t0
 
-
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+        return timed(tower, self.device)
 
 
 def _peak_mb() -> float:
@@ -156,13 +152,14 @@ def single_subject(bench: Bench, args) -> dict[str, dict[str, float]]:
 def batched(bench: Bench, args) -> dict[str, float]:
     subjects = [bench.clips(args.clips, args.frames, seed=10 + i) for i in range(args.batch)]
     common = dict(steps=args.steps, window=args.window)
-    t0 = _now(bench.device)
-    alone = bench.adapt(subjects, subjects_per_batch=1, **common)
-    t1 = _now(bench.device)
-    together = bench.adapt(subjects, subjects_per_batch=args.batch, **common)
-    t2 = _now(bench.device)
-    diff = max(float(np.abs(a.final_probs - b.final_probs).max()) for a, b in zip(alone, together))
-    return {"alone": t1 - t0, "together": t2 - t1, "max_diff": diff}
+    got: dict[str, list] = {}
+    seconds = {}
+    for key, n in (("alone", 1), ("together", args.batch)):
+        seconds[key] = timed(lambda key=key, n=n: got.setdefault(
+            key, bench.adapt(subjects, subjects_per_batch=n, **common)), bench.device)
+    diff = max(float(np.abs(a.final_probs - b.final_probs).max())
+               for a, b in zip(got["alone"], got["together"]))
+    return {**seconds, "max_diff": diff}
 
 
 class _Worker:

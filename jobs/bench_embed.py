@@ -17,13 +17,11 @@ import argparse
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from jobs.benchinfo import cpu_model
+from jobs.benchinfo import cpu_model, timed
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.preprocess import preprocess_batch
 from pipeline.embed.stage import EmbedStage
@@ -49,16 +47,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-
-
-def timed(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
