@@ -22,7 +22,7 @@ FREE_SHARE = 0.5  # of the free device memory, the rest left to fragmentation an
 def subject_bytes(n_clip_values: int, tower, tokens, cfg) -> int:
     """An estimate of one subject's memory in a text forward and backward, in bytes."""
     length = int(tokens.eos.max()) + 1 if cfg.fast else tower.context_length
-    width, layers, heads = tower.width, _layers(tower), _heads(tower)
+    width, (layers, heads) = tower.width, _depth(tower)
     per_value = 2 if cfg.text_precision in ("bf16", "fp16") else 4
     k = tokens.n_prompts
     acts = k * length * layers * (FLOATS_PER_TOKEN_LAYER * width + heads * length) * per_value
@@ -51,12 +51,9 @@ def _values(x) -> int:
     return int(sum(s.size for s in x.strided or ()))
 
 
-def _layers(tower) -> int:
+def _depth(tower) -> tuple[int, int]:
+    """(layers, attention heads) of an open_clip text transformer (defaults: ViT-B/32's)."""
     blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
-    return len(blocks) if blocks is not None else 12
-
-
-def _heads(tower) -> int:
-    blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
-    attn = getattr(blocks[0], "attn", None) if blocks else None
-    return int(getattr(attn, "num_heads", 8))
+    if not blocks:
+        return 12, 8
+    return len(blocks), int(getattr(getattr(blocks[0], "attn", None), "num_heads", 8))
