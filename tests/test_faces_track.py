@@ -152,3 +152,41 @@ def test_resize_square_keeps_edges():
     img = np.full((50, 80, 3), 200, np.uint8)
     out = resize_square(img, 32)
     assert out.shape == (32, 32, 3) and (out == 200).all()
+
+
+def _dense_resample(frame: np.ndarray, origin: tuple[float, float], step: tuple[float, float],
+                    n: tuple[int, int], black_outside: bool) -> np.ndarray:
+    """Reference: the same bicubic kernel as one dense (n_out, n_in) matrix per axis."""
+    def matrix(o: float, s: float, n_out: int, n_in: int) -> np.ndarray:
+        centres = o + (np.arange(n_out) + 0.5) * s
+        scale = max(s, 1.0)
+        d = np.abs(((np.arange(-64, n_in + 64) + 0.5)[None, :] - centres[:, None]) / scale)
+        a = -0.5
+        w = np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                     np.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, 0.0))
+        inside = np.zeros(w.shape[1], bool)
+        inside[64:64 + n_in] = True
+        total = w.sum(1, keepdims=True) if black_outside else w[:, inside].sum(1, keepdims=True)
+        return w[:, inside] / np.where(total == 0, 1.0, total)
+    wy = matrix(origin[1], step[1], n[1], frame.shape[0])
+    wx = matrix(origin[0], step[0], n[0], frame.shape[1])
+    return np.einsum("yi,xj,ijc->yxc", wy, wx, frame.astype(np.float64))
+
+
+def test_banded_resampling_equals_the_dense_kernel():
+    """The crop filter touches k taps per pixel; it must equal the full matrix product
+    (shrinking, enlarging, boxes partly or wholly outside the frame, both edge rules)."""
+    from pipeline.faces.crop import _separable, resample_taps
+
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8)
+    cases = [((10.3, 5.7), (1.9, 2.3), (24, 20)), ((-30.0, -12.5), (0.6, 0.45), (40, 36)),
+             ((100.2, 70.1), (1.0, 1.0), (32, 32)), ((-500.0, 0.0), (1.5, 1.5), (8, 8)),
+             ((0.0, 0.0), (120 / 16, 90 / 16), (16, 16))]
+    for (x0, y0), (sx, sy), (nx, ny) in cases:
+        for black in (True, False):
+            got = _separable(frame, resample_taps(y0, sy, ny, 90, black),
+                             resample_taps(x0, sx, nx, 120, black))
+            want = _dense_resample(frame, (x0, y0), (sx, sy), (nx, ny), black)
+            assert got.shape == (ny, nx, 3)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
