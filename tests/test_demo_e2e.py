@@ -14,10 +14,16 @@ import pytest
 
 import schemas
 from pipeline import parquet
+from pipeline.demo.config import DemoConfig
 from pipeline.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 EMB = "embeddings/autt-tiny__random-s0"
+DEMO = DemoConfig()  # the demo's defaults: what `autt demo` makes
+N_VIDEOS = DEMO.n_subjects * 2 * DEMO.videos_per_class
+N_SHARDS = -(-N_VIDEOS // 4)  # the demo's ingest.shard_size
+TARGETS = [f"s{i + 1:02d}" for i in range(DEMO.n_subjects - DEMO.n_target, DEMO.n_subjects)]
+N_TARGET_VIDEOS = DEMO.n_target * 2 * DEMO.videos_per_class
 
 
 def autt(*args: str) -> subprocess.CompletedProcess:
@@ -36,7 +42,7 @@ def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def test_demo_prints_progress_and_where_each_table_is(demo):
     out, result = demo
-    assert "[faces+embed] 6/6 shard" in result.stderr
+    assert f"[faces+embed] {N_SHARDS}/{N_SHARDS} shard" in result.stderr
     for table in ("manifest", "faces", EMB, "text_features/autt-tiny__random-s0"):
         assert f"{out / table}" in result.stdout
 
@@ -48,7 +54,7 @@ def test_every_table_conforms_to_its_schema_and_carries_metadata(demo):
                 EMB: schemas.embeddings_schema(32, "float16")}
     for table, schema in expected.items():
         markers = ws.markers(table)
-        assert len(markers) == 6
+        assert len(markers) == N_SHARDS
         for shard in markers:
             url = ws.part_url(table, shard)
             schemas.check(parquet.read(url), schema)
@@ -64,11 +70,12 @@ def test_manifest_roles_labels_and_faces_found_in_every_frame(demo):
     out, _ = demo
     ws = Workspace(str(out))
     man = ws.read_table("manifest").to_pandas()
-    assert len(man) == 24 and set(man["status"]) == {"ok"}
+    assert len(man) == N_VIDEOS and set(man["status"]) == {"ok"}
     assert set(man["label"]) == {"neutral", "pain"}
-    assert man.groupby("role")["subject_id"].nunique().to_dict() == {"source": 4, "target": 2}
+    assert man.groupby("role")["subject_id"].nunique().to_dict() == {"source": DEMO.n_subjects - DEMO.n_target,
+                                                                    "target": DEMO.n_target}
     faces = ws.read_table("faces").to_pandas()
-    assert len(faces) == 24 * 40
+    assert len(faces) == N_VIDEOS * DEMO.n_frames
     ok = faces["status"].isin(["ok", "filled"])
     assert ok.mean() > 0.97
     boxes = np.stack(faces.loc[ok, "box"].to_numpy())
@@ -117,15 +124,15 @@ def test_rerun_does_no_work_and_status_reports_it(demo):
                         "adapt_units")}
     again = autt("demo", "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "[ingest] nothing to do (6 shard(s) already done)" in again.stderr
-    assert "[faces+embed] nothing to do (6 shard(s) already done)" in again.stderr
+    assert f"[ingest] nothing to do ({N_SHARDS} shard(s) already done)" in again.stderr
+    assert f"[faces+embed] nothing to do ({N_SHARDS} shard(s) already done)" in again.stderr
     assert "[train] nothing to do" in again.stderr and "[baselines] nothing to do" in again.stderr
-    assert "[adapt] nothing to do (8 shard(s) already done)" in again.stderr
+    assert f"[adapt] nothing to do ({4 * DEMO.n_target} shard(s) already done)" in again.stderr
     assert {t: Workspace(str(out)).markers(t) for t in before} == before
     status = autt("status", "--out", str(out))
     assert status.returncode == 0
     lines = {line.split()[0]: line.split() for line in status.stdout.splitlines()[1:]}
-    assert lines["faces"][1:6] == ["6", "0", "24", "960", "0"]
+    assert lines["faces"][1:6] == [str(N_SHARDS), "0", str(N_VIDEOS), str(N_VIDEOS * DEMO.n_frames), "0"]
 
 
 def test_demo_trains_clip_au_and_predicts_every_target_sample_with_every_method(demo):
@@ -133,7 +140,7 @@ def test_demo_trains_clip_au_and_predicts_every_target_sample_with_every_method(
     ws = Workspace(str(out))
     models = ws.read_table("models").to_pandas()
     assert len(models) == 1 and models["status"].tolist() == ["ok"]
-    assert sorted(models["target_subjects"][0]) == ["s05", "s06"]
+    assert sorted(models["target_subjects"][0]) == TARGETS
     preds = ws.read_table("predictions").to_pandas()
     man = ws.read_table("manifest").to_pandas()
     targets = set(man.loc[man["role"] == "target", "sample_id"])
@@ -145,6 +152,23 @@ def test_demo_trains_clip_au_and_predicts_every_target_sample_with_every_method(
         for unit, marker in ws.markers(table).items():
             url = ws.files(table, unit, marker)["data"]
             schemas.check(parquet.read(url), schemas.get(table))
+
+
+def test_clip_au_scores_clearly_above_chance_on_the_demo_targets(demo):
+    """The trained head beats chance on the held-out target subjects' videos: accuracy of
+    at least 0.75, which a coin reaches with p < 0.05 at the demo's number of videos."""
+    from scipy.stats import binomtest
+
+    out, _ = demo
+    ws = Workspace(str(out))
+    man = ws.read_table("manifest").to_pandas()
+    preds = ws.read_table("predictions").to_pandas()
+    rows = preds[preds["method"] == "clip-au"].merge(man[["sample_id", "label", "role"]],
+                                                       on="sample_id")
+    assert len(rows) == N_TARGET_VIDEOS and (rows["role"] == "target").all()
+    hits = int((rows["pred_label"] == rows["label"]).sum())
+    assert hits >= 0.75 * len(rows), f"CLIP-AU: {hits}/{len(rows)} target videos right"
+    assert binomtest(hits, len(rows), 0.5, alternative="greater").pvalue < 0.05
 
 
 def test_demo_ends_with_the_report(demo):
@@ -161,7 +185,7 @@ def test_demo_ends_with_the_report(demo):
     metrics = pd.read_parquet(out / "results" / "subject_metrics.parquet")
     assert {(m, s) for m, s in zip(metrics["method"], metrics["subject_id"])} >= {
         (m, s) for m in ("clip-au", "zero-shot", "pn-prompts", "au-probe", "clip-autt", "clip-au+windows",
-                         "tta-cap-frozen", "tpt") for s in ("s05", "s06")}
+                         "tta-cap-frozen", "tpt") for s in TARGETS}
     assert (out / "report" / "adaptation.png").is_file()  # the per-step trajectories
 
 
@@ -169,8 +193,8 @@ def test_demo_adapts_every_target_subject_with_every_method(demo):
     out, result = demo
     ws = Workspace(str(out))
     units = ws.read_table("adapt_units").to_pandas()
-    assert len(units) == 8 and (units["status"] == "ok").all()  # 4 methods x 2 target subjects
-    assert set(units["subject_id"]) == {"s05", "s06"}
+    assert len(units) == 4 * DEMO.n_target and (units["status"] == "ok").all()  # 4 methods
+    assert set(units["subject_id"]) == set(TARGETS)
     rows = ws.read_table("adaptation").to_pandas()
     final = rows[rows["step"].isna()]
     man = ws.read_table("manifest").to_pandas()

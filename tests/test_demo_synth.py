@@ -131,13 +131,15 @@ def test_rendered_clips_are_identical_outside_the_window():
     assert np.all(diff[start + 1:stop - 1] > 0)
 
 
-def test_subjects_differ_in_appearance():
+def test_subjects_differ_in_appearance_within_one_studio():
     firsts = [render_demo_clip(SMALL, s, "neutral", 0)[0].astype(np.float32) for s in range(3)]
+    person = np.zeros(firsts[0].shape[:2], bool)
+    person[30:130, 50:110] = True  # the face, whatever the subject
     for i in range(3):
         for j in range(i + 1, 3):
-            assert np.abs(firsts[i] - firsts[j]).mean() > 15
-            # backdrop colour, read in a corner that the person never reaches
-            assert np.abs(firsts[i][2, 2] - firsts[j][2, 2]).max() > 20
+            assert np.abs(firsts[i] - firsts[j])[person].mean() > 5  # skin tone and lighting
+            # one backdrop for all, read in a corner that the person never reaches
+            assert np.array_equal(firsts[i][2, 2], firsts[j][2, 2])
 
 
 def test_clips_of_one_subject_vary():

@@ -54,6 +54,35 @@ def test_same_seed_same_weights_and_embeddings(tiny, crops) -> None:
     assert other.backbone_id == "autt-tiny__random-s1"
 
 
+def _mean_cosine_to_centre(features: np.ndarray) -> float:
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    centre = unit.mean(0)
+    return float((unit @ (centre / np.linalg.norm(centre))).mean())
+
+
+def test_tiny_image_tower_is_not_collapsed(tiny) -> None:
+    """At open_clip's default init a random image tower maps every image to nearly one
+    direction (cosine ~0.995 even between noise images), which holds the CLIP-AU head on
+    its initial plateau; autt-tiny's block gain keeps the image in its embedding."""
+    import open_clip
+
+    from pipeline.embed.backbone import ARCHITECTURES, scale_vision_blocks
+
+    noise = np.random.default_rng(3).integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)
+    assert _mean_cosine_to_centre(_embed(tiny, noise)) < 0.85
+    cfg = {k: v for k, v in ARCHITECTURES["autt-tiny"].items() if k != "vision_block_gain"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        plain = open_clip.CLIP(**cfg).eval()
+    x = preprocess_batch(noise, 224, tiny.mean, tiny.std)
+    with torch.inference_mode():
+        before = plain.encode_image(x).numpy()
+        scale_vision_blocks(plain.visual, 4.0)  # the same gain turns it into autt-tiny
+        after = plain.encode_image(x).numpy()
+    assert _mean_cosine_to_centre(before) > 0.98
+    np.testing.assert_allclose(after, _embed(tiny, noise), rtol=0, atol=1e-5)
+
+
 def test_random_init_leaves_global_rng_alone() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)

@@ -15,9 +15,9 @@ CLASSES = ("neutral", "pain")  # ordered, positive class last
 class DemoConfig:
     """Size and look of the demo dataset (section ``demo``)."""
 
-    n_subjects: int = 6            # subjects, each with its own appearance
+    n_subjects: int = 14           # subjects, each with its own appearance
     n_target: int = 2              # the last n_target subjects are target subjects
-    videos_per_class: int = 2      # videos per subject and class
+    videos_per_class: int = 4      # videos per subject and class
     n_frames: int = 40             # frames per video
     fps: int = 20                  # frame rate of the written videos
     size: int = 224                # frame width = height, pixels (even, for yuv420p)

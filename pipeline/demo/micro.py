@@ -76,7 +76,7 @@ def make_micro(out_dir: str, n_subjects: int = 4, clips_per_class: int = 1,
     rows: list[dict[str, str]] = []
     for s, c, k in micro_clips(n_subjects, clips_per_class, extra):
         if s not in looks:
-            app = sample_appearance(subject_rng(seed, s), s)
+            app = sample_appearance(subject_rng(seed, s))
             looks[s] = (app, subject_layers(app))
         app, layers = looks[s]
         label = CLASSES[c]

@@ -6,7 +6,7 @@ Out: ``<out>/videos/<subject>/<video_id>.mp4`` (h264), ``<out>/manifest.csv`` (v
 subject_id, label, path relative to the manifest's folder, sample_id) and
 ``<out>/split.csv`` (subject_id, role = source | target; the last ``n_target`` subjects are
 targets). Classes are ``neutral`` and ``pain`` (positive last). Every subject has its own
-look (colour, framing, roll, mirror, backdrop) and expressiveness; ``pain`` clips lower the
+look (colour, framing, roll) and expressiveness, in one shared studio; ``pain`` clips lower the
 brows, squeeze the eyes and raise the upper lip inside the expression window, ``neutral``
 clips only blink there; both sway the head slightly throughout. The same config gives the
 same frames (and, with the same PyAV/x264 build, the same bytes).
@@ -93,7 +93,7 @@ def encode_mp4(frames: np.ndarray, fps: int, crf: int = 20) -> bytes:
 def render_demo_clip(cfg: DemoConfig, subject_index: int, label: str, k: int,
                      layers: np.ndarray | None = None) -> np.ndarray:
     """The frames (T, size, size, 3) of one demo video, before encoding."""
-    app = sample_appearance(subject_rng(cfg.seed, subject_index), subject_index)
+    app = sample_appearance(subject_rng(cfg.seed, subject_index))
     if layers is None:
         layers = subject_layers(app)
     head_rng, face_rng = clip_rngs(cfg.seed, subject_index, CLASSES.index(label), k)
@@ -109,7 +109,7 @@ def make_demo(out_dir: str, cfg: DemoConfig = DEFAULT_CONFIG) -> dict:
     subjects = subject_ids(cfg.n_subjects)
     rows: list[dict[str, str]] = []
     for s, subject in enumerate(subjects):
-        layers = subject_layers(sample_appearance(subject_rng(cfg.seed, s), s))
+        layers = subject_layers(sample_appearance(subject_rng(cfg.seed, s)))
         for label in CLASSES:
             for k in range(cfg.videos_per_class):
                 vid = video_id(subject, label, k)

@@ -46,8 +46,11 @@ PREFERRED_NAMES = (
 # a 2-layer width-64 ViT (224 px, patch 32) and CLIP's own text transformer with the full
 # 77-token context and the standard BPE vocab, so real prompts tokenise exactly as in
 # ViT-B/32. embed_dim differs from the text width on purpose: code mixing the two fails.
+# "vision_block_gain" (not an open_clip key) scales the random init of the image tower's
+# blocks; see ``scale_vision_blocks``.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "autt-tiny": {
+        "vision_block_gain": 4.0,
         "embed_dim": 32,
         "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
@@ -194,12 +197,37 @@ def _folder_file(folder: str) -> str:
                      f"({'/'.join(WEIGHT_SUFFIXES)}), found {names}")
 
 
+def scale_vision_blocks(visual: torch.nn.Module, gain: float) -> None:
+    """Multiply the query and key projections, the attention output projection and both
+    MLP layers of every block of a random-init open_clip ``VisionTransformer`` by ``gain``.
+
+    At open_clip's default init, a random image tower maps every image to nearly the same
+    direction (cosine 0.995 between any two embeddings, pure noise included): the class
+    token's fixed embedding outweighs what attention gathers from the image. Features that
+    collapsed hold the CLIP-AU head on its initial loss plateau (ln 2 for two classes) for
+    hundreds of epochs. With the blocks' branches at gain 4, attention depends on the
+    content and the branches outweigh the fixed token: embeddings of the demo's faces sit
+    at cosine ~0.9 to their mean, as real CLIP features of one dataset do, and the head
+    learns from them. Only random inits are affected: loaded weights replace these."""
+    for block in visual.transformer.resblocks:
+        width = block.attn.in_proj_weight.shape[1]
+        with torch.no_grad():
+            block.attn.in_proj_weight[: 2 * width].mul_(gain)  # queries and keys, not values
+            block.attn.out_proj.weight.mul_(gain)
+            block.mlp.c_fc.weight.mul_(gain)
+            block.mlp.c_proj.weight.mul_(gain)
+
+
 def _build(arch: str, quick_gelu: bool) -> torch.nn.Module:
     """Random-init model on the CPU in float32 (the caller seeds the RNG)."""
     if arch in ARCHITECTURES:
         cfg = architecture_config(arch)
+        gain = float(cfg.pop("vision_block_gain", 1.0))
         cfg["quick_gelu"] = quick_gelu or cfg.get("quick_gelu", False)
-        return open_clip.CLIP(**cfg)
+        model = open_clip.CLIP(**cfg)
+        if gain != 1.0:
+            scale_vision_blocks(model.visual, gain)
+        return model
     return open_clip.create_model(arch, pretrained=None, precision="fp32", device="cpu",
                                   force_quick_gelu=quick_gelu, pretrained_image=False,
                                   pretrained_text=False)
