@@ -10,6 +10,7 @@ and a split file under ``OUT/demo-data/``. The demo runs a tiny random-init CLIP
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 
 from pipeline import io
@@ -27,20 +28,43 @@ DEMO_DEFAULTS = (
     "train.epochs=100",
 )
 
+# Bump when the renderer draws other frames for the same ``demo`` settings: demo data made
+# by another version are then refused instead of silently reused.
+DEMO_DATA_VERSION = 2  # 2: one shared studio, 14 subjects (43cbb66)
+RECORD = "demo.json"  # under OUT/demo-data: the settings and version that made the data
+
+
+def _record(cfg: Config) -> dict:
+    return {"version": DEMO_DATA_VERSION, "demo": dataclasses.asdict(cfg.demo)}
+
 
 def prepare(cfg: Config) -> Config:
     """Write the demo data (once) and point the ingest settings at it."""
+    from jobs.pipeline_job import UserError
     from pipeline.demo import make_demo
 
     if not io.is_local(cfg.run.out):
-        raise ValueError(f"autt demo writes its videos locally; --out must be a local path, "
-                         f"got {cfg.run.out!r}")
+        raise UserError(f"autt demo writes its videos locally; --out must be a local path, "
+                        f"got {cfg.run.out!r}")
     folder = io.join(io.absolute(cfg.run.out), "demo-data")
-    marker = io.join(folder, "manifest.csv")
+    marker, record = io.join(folder, "manifest.csv"), io.join(folder, RECORD)
+    want = _record(cfg)
     if not io.exists(marker):
         print(f"[demo] generating demo videos in {folder} ...", file=sys.stderr, flush=True)
+        # the record first: the manifest, written last, marks the data whole
+        io.write_text_atomic(record, json.dumps(want, indent=1, sort_keys=True) + "\n")
         info = make_demo(folder, cfg.demo)
     else:
+        have = json.loads(io.read_text(record)) if io.exists(record) else None
+        if have != json.loads(json.dumps(want)):
+            if have is None or have.get("version") != DEMO_DATA_VERSION:
+                why = "by another version of autt demo"
+            else:
+                diff = [f"{k} {have['demo'].get(k)!r} -> {v!r}" for k, v in
+                        json.loads(json.dumps(want["demo"])).items() if have["demo"].get(k) != v]
+                why = "with other demo settings (" + ", ".join(diff) + ")"
+            raise UserError(f"{folder} was made {why}; the demo data of a workspace are "
+                            f"never regenerated: use another --out, or the same demo.* settings")
         info = {"manifest": marker, "split": io.join(folder, "split.csv"),
                 "classes": list(cfg.demo.classes)}
     ingest = dataclasses.replace(cfg.ingest, manifest=info["manifest"], split=info["split"],
