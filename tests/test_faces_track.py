@@ -182,7 +182,8 @@ def test_banded_resampling_equals_the_dense_kernel():
     frame = rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8)
     cases = [((10.3, 5.7), (1.9, 2.3), (24, 20)), ((-30.0, -12.5), (0.6, 0.45), (40, 36)),
              ((100.2, 70.1), (1.0, 1.0), (32, 32)), ((-500.0, 0.0), (1.5, 1.5), (8, 8)),
-             ((0.0, 0.0), (120 / 16, 90 / 16), (16, 16))]
+             ((0.0, 0.0), (120 / 16, 90 / 16), (16, 16)),  # many taps: dense products
+             ((5.0, 5.0), (6.0, 1.2), (10, 30))]  # dense along x, gathered taps along y
     for (x0, y0), (sx, sy), (nx, ny) in cases:
         for black in (True, False):
             got = _separable(frame, resample_taps(y0, sy, ny, 90, black),

@@ -7,8 +7,8 @@ of side ``longer box side * (1 + margin)`` centred on the box (or, with
 ``aspect='stretch'``, of the box grown by the margin, squeezed to the square), optionally
 rotated about its centre so the eyes are level; zeros outside the frame.
 Resampling is separable bicubic (Keys, a = -0.5) with the kernel widened when shrinking,
-so large faces do not alias, applied as k taps per output pixel (a banded filter, not a
-dense matrix product over the whole region); the rotation of aligned crops is a bicubic
+so large faces do not alias, applied as k taps gathered per output pixel (a banded
+filter), or as a dense matrix product where the crop shrinks a lot; the rotation of aligned crops is a bicubic
 ``grid_sample`` at the output's own scale. Everything is float64 numpy except that call.
 """
 
@@ -76,18 +76,38 @@ def resample_taps(
     return np.clip(idx, 0, max(n_in - 1, 0)), w
 
 
+_BANDED_MAX_TAPS = 12  # up to 2.5x shrinking the taps are gathered; beyond, a dense product
+
+
+def _dense(idx: np.ndarray, w: np.ndarray, lo: int, span: int) -> np.ndarray:
+    """The taps as a dense (n_out, span) matrix over source indices lo .. lo + span - 1
+    (taps clipped onto the same edge index add up)."""
+    out = np.zeros((idx.shape[0], span))
+    np.add.at(out, (np.arange(idx.shape[0])[:, None], idx - lo), w)
+    return out
+
+
 def _separable(frame: np.ndarray, taps_y: tuple[np.ndarray, np.ndarray],
                taps_x: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """(n_y, n_x, 3) float64: the columns the x taps need, filtered along y, then along x.
-    Each pass gathers whole leading rows (block copies) and is one stacked matrix product
-    of k taps; indexing a middle axis instead costs about 4x."""
+    """(n_y, n_x, 3) float64: the source region the taps reach, filtered along y, then x.
+    A pass with few taps gathers them (whole leading rows: block copies) into one stacked
+    matrix product; a pass that shrinks a lot (many taps: gathering them would copy the
+    region many times over) is one dense matrix product instead."""
     (iy, wy), (ix, wx) = taps_y, taps_x
-    lo, hi = int(ix.min()), int(ix.max()) + 1
-    n_y, n_x, width = len(iy), len(ix), hi - lo
-    taps = frame[:, lo:hi][iy].astype(np.float64)  # gather uint8, then widen: 8x fewer bytes
-    rows = np.matmul(wy[:, None, :], taps.reshape(n_y, iy.shape[1], width * 3))
+    lo_y, lo_x = int(iy.min()), int(ix.min())
+    height, width = int(iy.max()) + 1 - lo_y, int(ix.max()) + 1 - lo_x
+    n_y, n_x = len(iy), len(ix)
+    region = frame[lo_y:lo_y + height, lo_x:lo_x + width]
+    if iy.shape[1] <= _BANDED_MAX_TAPS:
+        taps = region[iy - lo_y].astype(np.float64)  # gather uint8, then widen
+        rows = np.matmul(wy[:, None, :], taps.reshape(n_y, iy.shape[1], width * 3))
+    else:
+        rows = _dense(iy, wy, lo_y, height) @ region.reshape(height, width * 3).astype(np.float64)
     cols = rows.reshape(n_y, width, 3).transpose(1, 0, 2).reshape(width, n_y * 3)
-    out = np.matmul(wx[:, None, :], cols[ix - lo])  # (n_x, 1, n_y * 3)
+    if ix.shape[1] <= _BANDED_MAX_TAPS:
+        out = np.matmul(wx[:, None, :], cols[ix - lo_x])  # (n_x, 1, n_y * 3)
+    else:
+        out = _dense(ix, wx, lo_x, width) @ cols
     return out.reshape(n_x, n_y, 3).transpose(1, 0, 2)
 
 
