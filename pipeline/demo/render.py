@@ -65,7 +65,7 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
     framing, and a few pixels of per-subject offset in the crops (per-subject zoom, offset
     and roll, which shift MTCNN's boxes) or per-subject backdrops drown the facial motion
     (measured: CLIP-AU 0.44-0.69 with per-subject framing, at chance with backdrops as
-    well, 0.88-0.94 without either). ``Appearance`` can still express them."""
+    well, 0.75-0.94 without either). ``Appearance`` can still express them."""
     return Appearance(
         hue_deg=float(rng.uniform(-3, 3)),
         saturation=float(rng.uniform(0.95, 1.05)),
