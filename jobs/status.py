@@ -1,4 +1,5 @@
-"""`autt status --out OUT`: per table, shards and samples done, pending and failed.
+"""`autt status --out OUT`: per table, units and samples done, pending, rows failed, and
+the units whose last attempt failed.
 
 In: a workspace root. Out: a table on stdout, read only from done markers, ingest batch
 plans and statistics (no data part is opened), and who holds the workspace lock, if anyone
@@ -49,19 +50,24 @@ def _failed(markers: dict) -> set[str]:
 
 def main(root: str) -> int:
     held = lock.holder(Workspace(root).root)
-    if held is not None:
+    if held is not None and held and lock.is_stale(held):
+        print(f"{root}: locked by {lock.describe(held)}, which is no longer running (a stale "
+              f"lock, left by a killed command): `autt unlock --out {root}` clears it")
+    elif held is not None:
         print(f"{root}: in use by {lock.describe(held)}")
     rows = summarise(root)
     if not rows or (rows[0]["shards_done"] == 0 and rows[0]["shards_missing"] == 0):
         print(f"{root}: no ingested samples yet (run `autt ingest --out {root} ...`)")
         return 0
+    # "rows failed": failure rows inside committed units; units whose last attempt failed
+    # (nothing committed) are listed below the table
     print(f"{'table':<38} {'units done':>11} {'missing':>8} {'samples':>8} {'rows':>8} "
-          f"{'failed':>7}  status counts")
+          f"{'rows failed':>11}  status counts")
     for r in rows:
         shown = ", ".join(f"{k} {v}" for k, v in r["status"].items())
         missing = "-" if r["shards_missing"] is None else r["shards_missing"]
         print(f"{r['table']:<38} {r['shards_done']:>11} {missing:>8} "
-              f"{r['samples_in']:>8} {r['rows']:>8} {r['failed']:>7}  {shown}")
+              f"{r['samples_in']:>8} {r['rows']:>8} {r['failed']:>11}  {shown}")
     failures = failed_units(root)
     if failures:
         print(f"\nunits whose last attempt failed ({len(failures)}; rerun the command to retry them):")

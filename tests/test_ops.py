@@ -99,7 +99,9 @@ def test_a_stale_lock_is_reported_with_how_to_clear_it(micro, tmp_path, capsys):
     assert f"pid {dead.pid}" in err and "the lock is stale" in err
     assert f"autt unlock --out {out}" in err
     assert cli(["status", "--out", str(out)]) == 0  # readers take no lock
-    assert "in use by `autt run` (run r1)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "locked by `autt run` (run r1)" in said and "no longer running" in said
+    assert f"autt unlock --out {out}" in said
     assert cli(["unlock", "--out", str(out)]) == 0
     assert "removed the lock of `autt run` (run r1)" in capsys.readouterr().out
     assert ingest(out, micro["manifest"]) == 0
