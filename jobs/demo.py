@@ -48,7 +48,7 @@ def prepare(cfg: Config) -> Config:
                         f"got {cfg.run.out!r}")
     folder = io.join(io.absolute(cfg.run.out), "demo-data")
     marker, record = io.join(folder, "manifest.csv"), io.join(folder, RECORD)
-    want = _record(cfg)
+    want = json.loads(json.dumps(_record(cfg)))  # as read back: tuples become lists
     if not io.exists(marker):
         print(f"[demo] generating demo videos in {folder} ...", file=sys.stderr, flush=True)
         # the record first: the manifest, written last, marks the data whole
@@ -56,12 +56,12 @@ def prepare(cfg: Config) -> Config:
         info = make_demo(folder, cfg.demo)
     else:
         have = json.loads(io.read_text(record)) if io.exists(record) else None
-        if have != json.loads(json.dumps(want)):
+        if have != want:
             if have is None or have.get("version") != DEMO_DATA_VERSION:
                 why = "by another version of autt demo"
             else:
                 diff = [f"{k} {have['demo'].get(k)!r} -> {v!r}" for k, v in
-                        json.loads(json.dumps(want["demo"])).items() if have["demo"].get(k) != v]
+                        want["demo"].items() if have["demo"].get(k) != v]
                 why = "with other demo settings (" + ", ".join(diff) + ")"
             raise UserError(f"{folder} was made {why}; the demo data of a workspace are "
                             f"never regenerated: use another --out, or the same demo.* settings")

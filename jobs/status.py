@@ -50,7 +50,7 @@ def _failed(markers: dict) -> set[str]:
 
 def main(root: str) -> int:
     held = lock.holder(Workspace(root).root)
-    if held is not None and held and lock.is_stale(held):
+    if held and lock.is_stale(held):
         print(f"{root}: locked by {lock.describe(held)}, which is no longer running (a stale "
               f"lock, left by a killed command): `autt unlock --out {root}` clears it")
     elif held is not None:

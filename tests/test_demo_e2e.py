@@ -13,7 +13,9 @@ import pyarrow as pa
 import pytest
 
 import schemas
+from jobs.demo import DEMO_DEFAULTS
 from pipeline import parquet
+from pipeline.config import load_config
 from pipeline.demo.config import DemoConfig
 from pipeline.workspace import Workspace
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.slow
 EMB = "embeddings/autt-tiny__random-s0"
 DEMO = DemoConfig()  # the demo's defaults: what `autt demo` makes
 N_VIDEOS = DEMO.n_subjects * 2 * DEMO.videos_per_class
-N_SHARDS = -(-N_VIDEOS // 4)  # the demo's ingest.shard_size
+N_SHARDS = -(-N_VIDEOS // load_config(None, list(DEMO_DEFAULTS)).ingest.shard_size)
 TARGETS = [f"s{i + 1:02d}" for i in range(DEMO.n_subjects - DEMO.n_target, DEMO.n_subjects)]
 N_TARGET_VIDEOS = DEMO.n_target * 2 * DEMO.videos_per_class
 

@@ -6,8 +6,8 @@ Out: ``<out>/videos/<subject>/<video_id>.mp4`` (h264), ``<out>/manifest.csv`` (v
 subject_id, label, path relative to the manifest's folder, sample_id) and
 ``<out>/split.csv`` (subject_id, role = source | target; the last ``n_target`` subjects are
 targets). Classes are ``neutral`` and ``pain`` (positive last). Every subject has its own
-look (colour, framing, roll) and expressiveness, in one shared studio; ``pain`` clips lower the
-brows, squeeze the eyes and raise the upper lip inside the expression window, ``neutral``
+skin tone, lighting and expressiveness, in one shared studio and framing; ``pain`` clips
+lower the brows, squeeze the eyes and raise the upper lip inside the expression window, ``neutral``
 clips only blink there; both sway the head slightly throughout. The same config gives the
 same frames (and, with the same PyAV/x264 build, the same bytes).
 """

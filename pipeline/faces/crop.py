@@ -8,8 +8,9 @@ of side ``longer box side * (1 + margin)`` centred on the box (or, with
 rotated about its centre so the eyes are level; zeros outside the frame.
 Resampling is separable bicubic (Keys, a = -0.5) with the kernel widened when shrinking,
 so large faces do not alias, applied as k taps gathered per output pixel (a banded
-filter), or as a dense matrix product where the crop shrinks a lot; the rotation of aligned crops is a bicubic
-``grid_sample`` at the output's own scale. Everything is float64 numpy except that call.
+filter), or as a dense matrix product where the crop shrinks a lot; the rotation of
+aligned crops is a bicubic ``grid_sample`` at the output's own scale. Everything is
+float64 numpy except that call.
 """
 
 from __future__ import annotations
