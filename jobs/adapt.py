@@ -27,7 +27,7 @@ from pipeline import io
 from pipeline.adapt.config import METHOD, MODEL_METHODS, REFERENCE_METHOD, ZERO_STEP_METHOD
 from pipeline.config import Config
 from pipeline.model import data
-from pipeline.shards import Fingerprint, plan
+from pipeline.planning import Fingerprint, plan
 
 RUNTIME_KEYS = ("device", "max_retries", "gpus_per_unit", "methods")  # change no unit's result
 

@@ -28,7 +28,7 @@ def build(root: str, samples: int, shard_size: int, batches: int, cfg) -> None:
     from pipeline.faces.shard import fingerprint_config
     from pipeline.ingest import batches as batchmod
     from pipeline.ingest.stage import fingerprint_config as ingest_config
-    from pipeline.shards import Fingerprint
+    from pipeline.planning import Fingerprint
     from pipeline.workspace import Workspace
 
     ws = Workspace(root)
@@ -91,7 +91,7 @@ def measure(root: str, cfg) -> list[tuple[str, float, str]]:
     from pipeline.embed.shard import table_name
     from pipeline.faces.shard import FAILED
     from pipeline.ingest import batches as batchmod
-    from pipeline.shards import Fingerprint, plan
+    from pipeline.planning import Fingerprint, plan
     from pipeline.workspace import Workspace
 
     ws = Workspace(root)

@@ -26,7 +26,8 @@ from pipeline.embed.shard import EmbedShard, FusedShard, table_name
 from pipeline.embed.text import TEXT_UNIT, TextFeaturesStage, text_table
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.shard import CROP_KEYS, FAILED
-from pipeline.shards import Fingerprint, Plan, StageChanged, execute, plan
+from pipeline.planning import Fingerprint, Plan, StageChanged, plan
+from pipeline.shards import execute
 from pipeline.workspace import Workspace
 
 # Settings that change no vector: speed, where weights are found (their digest counts

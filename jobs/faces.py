@@ -12,7 +12,7 @@ from jobs.runner import StageRun, run_shards
 from pipeline.config import Config
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.shard import FAILED, FacesShard, fingerprint_config, input_digest
-from pipeline.shards import Fingerprint, plan
+from pipeline.planning import Fingerprint, plan
 from pipeline.workspace import Workspace
 
 

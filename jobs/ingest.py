@@ -18,7 +18,7 @@ from pipeline.config import Config, config_hash
 from pipeline.ingest import batches, manifest
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.stage import IngestStage, fingerprint_config
-from pipeline.shards import Fingerprint, plan
+from pipeline.planning import Fingerprint, plan
 from pipeline.workspace import Workspace
 
 CLASSES_FILE = ("manifest", "_classes.json")

@@ -20,7 +20,7 @@ from pipeline import io, lock
 from pipeline.config import Config, to_yaml
 from pipeline.ingest.batches import SampleChanged
 from pipeline.ingest.manifest import ManifestError
-from pipeline.shards import StageChanged
+from pipeline.planning import StageChanged
 from pipeline.workspace import Workspace, new_run_id
 
 

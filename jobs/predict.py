@@ -20,7 +20,7 @@ from pipeline import io
 from pipeline.config import Config
 from pipeline.model import data
 from pipeline.model.units import Context, ModelSpec, PredictStage
-from pipeline.shards import Fingerprint, plan
+from pipeline.planning import Fingerprint, plan
 from pipeline.workspace import Workspace
 
 

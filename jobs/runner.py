@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from jobs import progress as _bars
 from pipeline import io
 from pipeline.config import RunConfig
-from pipeline.shards import Fingerprint, Plan, execute, execute_group, local_node_id
+from pipeline.planning import Fingerprint, Plan
+from pipeline.shards import execute, execute_group, local_node_id
 from pipeline.workspace import Workspace
 
 # Environment the actors need as the driver has it: fault hooks, the model hub, and storage

@@ -23,7 +23,7 @@ from pipeline.config import Config
 from pipeline.model import data
 from pipeline.model.folds import FoldError, make_folds
 from pipeline.model.units import BaselineStage, Context, ModelSpec, PredictStage, TrainStage
-from pipeline.shards import Fingerprint, plan
+from pipeline.planning import Fingerprint, plan
 from pipeline.workspace import Workspace
 
 RUNTIME_KEYS = ("device", "max_retries")  # train settings that change no model

@@ -30,7 +30,7 @@ if stages:
     sys.exit(f"the config primitives imported stage code {stages}")
 import pipeline.io, pipeline.parquet, pipeline.workspace, pipeline.shards, pipeline.config, schemas
 from pipeline import config
-from pipeline.shards import CODE_VERSION, Fingerprint
+from pipeline.planning import CODE_VERSION, Fingerprint
 import pipeline.ingest.batches, pipeline.ingest.manifest, pipeline.ingest.stage, pipeline.demo
 
 heavy = set(sys.argv[1].split(","))
