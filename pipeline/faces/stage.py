@@ -28,7 +28,6 @@ chunk at a time, through the same ``crop_pixels`` call that ``recrop`` uses.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -50,6 +49,7 @@ from pipeline.faces.detect import (
     resolve_device,
 )
 from pipeline.faces.recrop import CROPPED, crop_pixels, recrop
+from pipeline.faces.rows import empty_rows, opt_float, opt_str, with_keys
 from schemas.tables import FACES
 
 __all__ = ["OUTPUT_COLUMNS", "ROW_COLUMNS", "CropSink", "FaceStage", "recrop"]
@@ -149,7 +149,7 @@ class FaceStage:
                 parts.append(self._rows(batch, s, sink, offset))
                 offset += len(parts[-1]["frame_index"])
         if not parts:
-            parts = [_with_keys(_empty_rows(0), batch, 0)]
+            parts = [with_keys(empty_rows(0), batch, 0)]
         return {c: np.concatenate([p[c] for p in parts]) for c in ROW_COLUMNS}
 
     def _open(self, batch: dict[str, np.ndarray], i: int, stack: contextlib.ExitStack) -> _Sample:
@@ -158,8 +158,8 @@ class FaceStage:
         try:
             local = stack.enter_context(io.local_path(str(batch["path"][i])))
             sample.source = open_source(local, sample.media, self.cfg, self.num_threads or 0)
-            unit = _opt_str(batch["time_unit"][i]) or "s"
-            start, end = _opt_float(batch["start"][i]), _opt_float(batch["end"][i])
+            unit = opt_str(batch["time_unit"][i]) or "s"
+            start, end = opt_float(batch["start"][i]), opt_float(batch["end"][i])
             sample.indices = sample_indices(sample.source.timestamps, start, end, unit, self.cfg)
             if len(sample.indices) == 0:
                 raise ValueError(f"window [{start}, {end}] {unit} holds none of the "
@@ -290,12 +290,12 @@ class FaceStage:
     def _rows(self, batch: dict[str, np.ndarray], s: _Sample, sink: CropSink | None,
               offset: int) -> dict[str, np.ndarray]:
         if s.source is None:
-            out = _empty_rows(1)
+            out = empty_rows(1)
             out["frame_index"][0] = -1
             out["status"][0], out["error"][0] = s.status, s.error
-            return _with_keys(out, batch, s.row)
+            return with_keys(out, batch, s.row)
         n = len(s.indices)
-        out = _empty_rows(n)
+        out = empty_rows(n)
         out["frame_index"][:] = np.arange(n)
         out["source_frame"][:] = s.indices
         out["timestamp"][:] = s.source.timestamps[s.indices]
@@ -329,7 +329,7 @@ class FaceStage:
         for pos, msg in s.frame_errors.items():
             out["status"][pos], out["error"][pos] = "bad_frame", msg
             out["box"][pos], out["landmarks"][pos], out["prob"][pos] = np.nan, np.nan, np.nan
-        return _with_keys(out, batch, s.row)
+        return with_keys(out, batch, s.row)
 
     def _crop_all(self, out: dict[str, np.ndarray], s: _Sample, sink: CropSink,
                   offset: int) -> None:
@@ -370,36 +370,3 @@ def _stack(frames: Sequence[np.ndarray | str], picks: list[int]) -> np.ndarray:
 
 def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).strip()}"
-
-
-def _empty_rows(n: int) -> dict[str, np.ndarray]:
-    return {
-        "frame_index": np.zeros(n, np.int32),
-        "source_frame": np.full(n, -1, np.int32),
-        "timestamp": np.full(n, np.nan, np.float64),
-        "box": np.full((n, 4), np.nan, np.float32),
-        "landmarks": np.full((n, 10), np.nan, np.float32),
-        "prob": np.full(n, np.nan, np.float32),
-        "status": np.full(n, "no_face", dtype=object),
-        "error": np.full(n, None, dtype=object),
-    }
-
-
-def _with_keys(out: dict[str, np.ndarray], batch: dict[str, np.ndarray], i: int) -> dict:
-    n = len(out["frame_index"])
-    for key in ("sample_id", "video_id", "subject_id", "shard_id"):
-        value = batch[key][i] if key in batch and n else None
-        out[key] = np.full(n, None if _is_null(value) else str(value), dtype=object)
-    return out
-
-
-def _is_null(v: object) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _opt_float(v: object) -> float | None:
-    return None if _is_null(v) else float(v)  # type: ignore[arg-type]
-
-
-def _opt_str(v: object) -> str | None:
-    return None if _is_null(v) else str(v)
