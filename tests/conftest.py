@@ -44,3 +44,19 @@ def tiny_video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("media") / "tiny.mp4"
     write_video(path, n_frames=8, size=64)
     return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A real 4-frame mpeg4 clip for the adapters' generated trees (tests/adapter_trees.py)."""
+    from tests.adapter_trees import make_clip
+
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4")
+
+
+@pytest.fixture(scope="module")
+def jpeg() -> bytes:
+    """One tiny JPEG frame for the adapters' generated frame folders."""
+    from tests.adapter_trees import jpeg_bytes
+
+    return jpeg_bytes()
