@@ -25,7 +25,7 @@ from pipeline.embed.config import EmbedConfig
 from pipeline.embed.shard import EmbedShard, FusedShard, table_name
 from pipeline.embed.text import TEXT_UNIT, TextFeaturesStage, text_table
 from pipeline.faces.config import FacesConfig
-from pipeline.faces.shard import CROP_KEYS, FAILED
+from pipeline.faces.shard import FAILED, config_of_fingerprint, crop_fingerprint
 from pipeline.planning import Fingerprint, Plan, StageChanged, plan
 from pipeline.shards import execute
 from pipeline.workspace import Workspace
@@ -40,7 +40,7 @@ def embed_config(cfg: Config, faces: FacesConfig, bb: Backbone) -> dict:
     runs, and the crop settings of the faces it reads."""
     embed = {k: v for k, v in cfgmod.to_dict(cfg.embed).items() if k not in EMBED_RUNTIME_KEYS}
     return {"embed": {**embed, "weights_digest": bb.weights_digest},
-            "crop": {k: getattr(faces, k) for k in CROP_KEYS}}
+            "crop": crop_fingerprint(faces)}
 
 
 def faces_config_of_markers(ws: Workspace, markers: dict[str, dict]) -> FacesConfig:
@@ -51,7 +51,7 @@ def faces_config_of_markers(ws: Workspace, markers: dict[str, dict]) -> FacesCon
     if len(seen) > 1:
         raise StageChanged(f"faces: the done shards in {ws.root} were made with {len(seen)} "
                            "different face settings; redo them with `autt faces --recompute`")
-    return cfgmod.build(FacesConfig, json.loads(seen.pop()), "faces")
+    return config_of_fingerprint(json.loads(seen.pop()))
 
 
 def numerics_in(done: dict[str, dict], cfg: EmbedConfig) -> tuple[str, ...] | None:

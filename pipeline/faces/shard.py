@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import parquet
-from pipeline.config import to_dict
+from pipeline.config import build, to_dict
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.recrop import CROPPED
 from pipeline.faces.stage import FaceStage
@@ -25,12 +25,16 @@ from schemas import get
 
 FAILED = frozenset({"decode_error", "detect_error", "bad_frame"})
 # Face settings that change the pixels of a crop (and so the embeddings), not the rows.
-CROP_KEYS = ("crop_size", "margin", "align", "aspect")
+CROP_KEYS = ("crop_size", "margin", "align", "aspect", "crop_resample")
 # Face settings that change neither rows nor crops (speed and memory only): not fingerprinted.
 RUNTIME_KEYS = ("chunk_frames", "cache_mb", "detect_batch", "device")
 # Keyframe settings: they change the rows in detect_mode='keyframe' only, so per-frame mode
 # leaves them out and keeps the fingerprints of tables made before the option existed.
 KEYFRAME_KEYS = ("detect_mode", "keyframe_every", "keyframe_iou")
+# Settings that joined the fingerprint after tables were made without them, and the value
+# those tables were made with: at that value a setting stays out of the fingerprint (older
+# tables keep theirs), and a fingerprint without it reads back as that value.
+LEGACY_VALUES = {"detect_mode": "every", "crop_resample": "exact"}
 WITH_FACE = CROPPED  # statuses with a face: ok | filled | carried
 
 
@@ -59,9 +63,29 @@ def faces_metadata(cfg: FacesConfig) -> dict[str, str]:
     return {"sampling": json.dumps(sampling), "faces_config": json.dumps(to_dict(cfg))}
 
 
+def _legacy(values: dict) -> set[str]:
+    """The keys of ``values`` left out of a fingerprint: at their legacy value, and the
+    keyframe settings in per-frame mode."""
+    skip = {k for k, v in LEGACY_VALUES.items() if values.get(k) == v}
+    return skip | (set(KEYFRAME_KEYS) if values.get("detect_mode") == "every" else set())
+
+
 def fingerprint_config(cfg: FacesConfig) -> dict:
-    skip = RUNTIME_KEYS + (KEYFRAME_KEYS if cfg.detect_mode == "every" else ())
-    return {"faces": {k: v for k, v in to_dict(cfg).items() if k not in skip}}
+    """The face settings that decide a faces shard's rows and crops."""
+    values = to_dict(cfg)
+    skip = set(RUNTIME_KEYS) | _legacy(values)
+    return {"faces": {k: v for k, v in values.items() if k not in skip}}
+
+
+def crop_fingerprint(cfg: FacesConfig) -> dict:
+    """The face settings that decide a crop's pixels (part of the embeddings' fingerprint)."""
+    values = {k: getattr(cfg, k) for k in CROP_KEYS}
+    return {k: v for k, v in values.items() if k not in _legacy(values)}
+
+
+def config_of_fingerprint(faces: dict) -> FacesConfig:
+    """The FacesConfig a faces shard was made with, from its fingerprint's ``faces``."""
+    return build(FacesConfig, {**LEGACY_VALUES, **faces}, "faces")
 
 
 def unpng(data: bytes) -> np.ndarray:
