@@ -1,6 +1,7 @@
-"""The two crop resamplings (faces.crop_resample): ``window`` (the region rounded to whole
-pixels, torch's antialiased uint8 bicubic) against ``exact`` (sub-pixel region, float64
-separable bicubic), and how the setting enters the fingerprints."""
+"""The two resamplings of the face stage (faces.resample): ``fast`` (crop regions rounded to
+whole pixels, torch's antialiased uint8 kernels) against ``exact`` (sub-pixel crop regions,
+float64 separable bicubic; float downscaling for MTCNN), and how the setting enters the
+fingerprints."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_window_rounds_the_region_to_whole_pixels():
     assert window(-3.5, -0.2, 0.2, 7.5) == (-3, 0, 1, 8)
 
 
-def test_window_crops_match_exact_ones_within_the_rounding():
+def test_fast_crops_match_exact_ones_within_the_rounding():
     frame = _smooth_frame()
     rng = np.random.default_rng(3)
     gaps = {False: [], True: []}
@@ -53,7 +54,7 @@ def test_window_crops_match_exact_ones_within_the_rounding():
     assert whole.max() <= 2
 
 
-def test_window_crop_is_black_outside_and_never_aliases_the_frame():
+def test_fast_crop_is_black_outside_and_never_aliases_the_frame():
     frame = _smooth_frame(100, 100)
     off = crop_face(frame, np.array([500.0, 500.0, 600.0, 600.0], np.float32), None, 32, 0.0)
     assert off.max() == 0
@@ -70,17 +71,17 @@ def test_window_crop_is_black_outside_and_never_aliases_the_frame():
         crop_face(frame, np.array([0.0, 0.0, 10.0, 10.0]), None, 32, 0.2, method="nearest")
 
 
-def test_crop_resample_setting_and_fingerprints():
-    with pytest.raises(ValueError, match=r"faces\.crop_resample .*'bilinear'"):
-        FacesConfig(crop_resample="bilinear")  # type: ignore[arg-type]
-    assert FacesConfig().crop_resample == "window"
+def test_resample_setting_and_fingerprints():
+    with pytest.raises(ValueError, match=r"faces\.resample .*'bilinear'"):
+        FacesConfig(resample="bilinear")  # type: ignore[arg-type]
+    assert FacesConfig().resample == "fast"
     new = fingerprint_config(FacesConfig())
-    old = fingerprint_config(FacesConfig(crop_resample="exact"))
+    old = fingerprint_config(FacesConfig(resample="exact"))
     # the default changes the fingerprint: tables made before it are told to recompute
-    assert new["faces"]["crop_resample"] == "window" and "crop_resample" not in old["faces"]
+    assert new["faces"]["resample"] == "fast" and "resample" not in old["faces"]
     # a fingerprint made before the setting existed reads back as the old resampling
-    assert config_of_fingerprint(old["faces"]).crop_resample == "exact"
+    assert config_of_fingerprint(old["faces"]).resample == "exact"
     assert config_of_fingerprint(new["faces"]) == FacesConfig()
-    assert crop_fingerprint(FacesConfig())["crop_resample"] == "window"
-    assert crop_fingerprint(FacesConfig(crop_resample="exact")) == {
+    assert crop_fingerprint(FacesConfig())["resample"] == "fast"
+    assert crop_fingerprint(FacesConfig(resample="exact")) == {
         "crop_size": 224, "margin": 0.2, "align": False, "aspect": "square"}

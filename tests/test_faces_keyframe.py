@@ -13,7 +13,7 @@ from PIL import Image
 import pipeline  # noqa: F401  (torchvision fix before facenet-pytorch)
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.detect import FrameFaces
-from pipeline.faces.shard import WITH_FACE, fingerprint_config
+from pipeline.faces.shard import WITH_FACE, config_of_fingerprint, fingerprint_config
 from pipeline.faces.stage import FaceStage
 from pipeline.faces.track import CARRIED, FILLED, NONE, OK, agree, follow, iou, keyframes
 from tests.media import needs_shared_faces, shared_faces_dir
@@ -83,14 +83,19 @@ def test_config_and_fingerprint():
         FacesConfig(keyframe_every=0)
     with pytest.raises(ValueError, match=r"faces\.keyframe_iou .*0\.1"):
         FacesConfig(keyframe_iou=0.1)
-    every = fingerprint_config(FacesConfig())
+    every = fingerprint_config(FacesConfig(detect_mode="every"))
     # per-frame mode: keyframe settings change nothing, and fingerprints made before the
     # option existed stay valid
-    assert every == fingerprint_config(FacesConfig(keyframe_every=9, keyframe_iou=0.8))
+    assert every == fingerprint_config(FacesConfig(detect_mode="every", keyframe_every=9,
+                                                   keyframe_iou=0.8, keyframe_shrink=False))
     assert "detect_mode" not in every["faces"]
-    kf = fingerprint_config(FacesConfig(detect_mode="keyframe"))
-    assert kf != every and kf["faces"]["keyframe_every"] == 5
-    assert kf != fingerprint_config(FacesConfig(detect_mode="keyframe", keyframe_every=3))
+    kf = fingerprint_config(FacesConfig())  # the default: keyframes, every 8th frame
+    assert kf != every and kf["faces"]["detect_mode"] == "keyframe"
+    assert kf["faces"]["keyframe_every"] == 8 and kf["faces"]["keyframe_shrink"] is True
+    assert kf != fingerprint_config(FacesConfig(keyframe_every=3))
+    assert kf != fingerprint_config(FacesConfig(keyframe_shrink=False))
+    # a per-frame fingerprint made before the setting existed reads back as per-frame
+    assert config_of_fingerprint(every["faces"]).detect_mode == "every"
     assert "carried" in WITH_FACE
 
 
@@ -106,7 +111,7 @@ def shared_runs():
         {"sample_id": "enters", "path": str(SHARED / "noface_face.mov"), "start": 2.6,
          "end": 4.6},
     )
-    every = FaceStage(FacesConfig(**BASE), num_threads=1)(batch)
+    every = FaceStage(FacesConfig(**BASE, detect_mode="every"), num_threads=1)(batch)
     kf = FaceStage(FacesConfig(**BASE, detect_mode="keyframe", keyframe_every=5),
                    num_threads=1)(batch)
     return every, kf
@@ -167,8 +172,8 @@ def test_a_face_that_jumps_between_keyframes_is_detected_again(tmp_path):
         canvas.paste(img, (10 if t < 7 else 240, 20))
         canvas.save(folder / f"image_{t}.png")
     batch = manifest({"sample_id": "jump", "path": str(folder), "media": "frames"})
-    every = FaceStage(FacesConfig(detect_size=200), num_threads=1)(batch)
-    kf = FaceStage(FacesConfig(detect_size=200, detect_mode="keyframe"), num_threads=1)(batch)
+    every = FaceStage(FacesConfig(detect_size=200, detect_mode="every"), num_threads=1)(batch)
+    kf = FaceStage(FacesConfig(detect_size=200, keyframe_every=5), num_threads=1)(batch)
     assert every["status"].tolist() == ["ok"] * 7 + ["no_face"] * 4  # the longer track wins
     # 1..4 lie between agreeing keyframes; 6..9 between the disagreeing 5 and 10
     assert kf["status"].tolist() == ["ok"] + ["carried"] * 4 + ["ok"] * 2 + ["no_face"] * 4

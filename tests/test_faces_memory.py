@@ -18,6 +18,7 @@ from pipeline.faces.config import FacesConfig
 from pipeline.faces.decode import expected_frames
 from pipeline.faces.detect import downscale
 from pipeline.faces.recrop import recrop_chunks
+from pipeline.faces.shard import WITH_FACE
 from pipeline.faces.stage import FaceStage
 from tests.media import write_face_video
 from tests.test_faces_stage import COLUMNS, one_thread  # noqa: F401  (autouse fixture)
@@ -68,7 +69,7 @@ def test_crops_stream_in_chunks_for_face_rows_only(face_batch):
     calls: list[tuple[np.ndarray, np.ndarray]] = []
     out = FaceStage(cfg, num_threads=1).run(face_batch, lambda p, c: calls.append((p, c)))
     assert "crop_pixels" not in out
-    with_face = np.flatnonzero(out["status"] == "ok")
+    with_face = np.flatnonzero(np.isin(out["status"], WITH_FACE))
     assert len(with_face) == 11 and set(out["status"][out["sample_id"] == "dark"]) == {"no_face"}
     assert np.concatenate([p for p, _ in calls]).tolist() == with_face.tolist()
     assert max(len(c) for _, c in calls) <= 4  # never a whole sample's crops

@@ -64,7 +64,7 @@ def clips(tmp_path_factory):
         {"sample_id": "noface", "path": str(SHARED / "no_face.mp4"), "start": 0.0,
          "end": 1.5},
     )
-    cfg = FacesConfig(sampling="every_k", every_k=3)
+    cfg = FacesConfig(sampling="every_k", every_k=3, detect_mode="every")  # MTCNN on each frame
     return batch, cfg, FaceStage(cfg, num_threads=1)(batch)
 
 

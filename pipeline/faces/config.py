@@ -17,7 +17,7 @@ SAMPLINGS = ("all", "every_k", "fps", "count")
 ASPECTS = ("square", "stretch")
 DEVICES = ("auto", "cpu", "cuda")
 DETECT_MODES = ("every", "keyframe")
-CROP_RESAMPLINGS = ("window", "exact")  # pipeline.faces.crop.RESAMPLINGS (no torch import here)
+RESAMPLINGS = ("fast", "exact")  # as pipeline.faces.crop.RESAMPLINGS (no torch import here)
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,12 @@ class FacesConfig:
     # every: MTCNN on each sampled frame; keyframe: on every keyframe_every-th sampled frame
     # (and the last), the face carried between two keyframes that agree, the frames between
     # two that disagree (keyframe_iou) detected too
-    detect_mode: Literal["every", "keyframe"] = "every"
-    keyframe_every: int = 5  # detect_mode='keyframe': sampled frames from one keyframe to the next
+    detect_mode: Literal["every", "keyframe"] = "keyframe"
+    keyframe_every: int = 8  # detect_mode='keyframe': sampled frames from one keyframe to the next
     keyframe_iou: float = 0.5  # least IoU of matched faces on two keyframes to carry between them
+    # detect_mode='keyframe': detect the keyframes after a sample's first at the size that shows
+    # its smallest face at 64 px (faces down to half that size are still found; detect.py)
+    keyframe_shrink: bool = True
     min_face: int = 40  # shorter side of a kept box, source px
     min_prob: float = 0.97  # MTCNN probability of a kept box
     track_iou: float = 0.3  # least IoU that links a detection to a track's last box
@@ -47,9 +50,10 @@ class FacesConfig:
     margin: float = 0.2  # crop side = longer box side * (1 + margin)
     aspect: Literal["square", "stretch"] = "square"  # stretch: box squeezed square (facenet)
     align: bool = False  # rotate crops so the eyes are level (needs landmarks)
-    # window: the crop region rounded to whole source px, torch's antialiased uint8 bicubic
-    # (~10x faster); exact: sub-pixel region, float64 separable bicubic (tables made before)
-    crop_resample: Literal["window", "exact"] = "window"
+    # how frames are resampled for MTCNN and for crops. fast: torch's antialiased uint8 kernels
+    # on the CPU (~10x faster), crop regions rounded to whole source px; exact: float kernels,
+    # crops at sub-pixel positions (float64, separable); tables made before 'fast' existed
+    resample: Literal["fast", "exact"] = "fast"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     store_crops: bool = False  # write crops as PNG into the faces table (else recrop later)
 
@@ -60,9 +64,8 @@ class FacesConfig:
             raise ValueError(f"faces.aspect must be one of {ASPECTS}, got {self.aspect!r}")
         if self.device not in DEVICES:
             raise ValueError(f"faces.device must be one of {DEVICES}, got {self.device!r}")
-        if self.crop_resample not in CROP_RESAMPLINGS:
-            raise ValueError(f"faces.crop_resample must be one of {CROP_RESAMPLINGS}, "
-                             f"got {self.crop_resample!r}")
+        if self.resample not in RESAMPLINGS:
+            raise ValueError(f"faces.resample must be one of {RESAMPLINGS}, got {self.resample!r}")
         if self.detect_mode not in DETECT_MODES:
             raise ValueError(
                 f"faces.detect_mode must be one of {DETECT_MODES}, got {self.detect_mode!r}")

@@ -6,14 +6,14 @@ source pixels (pixel i spans [i, i + 1)). Out: an RGB uint8 (S, S, 3) crop of th
 of side ``longer box side * (1 + margin)`` centred on the box (or, with
 ``aspect='stretch'``, of the box grown by the margin, squeezed to the square), optionally
 rotated about its centre so the eyes are level; zeros outside the frame.
-Two resampling methods (``faces.crop_resample``), both bicubic (Keys, a = -0.5) with the
+Two resampling methods (``faces.resample``), both bicubic (Keys, a = -0.5) with the
 kernel widened when shrinking, so large faces do not alias:
-- ``window`` (default): the region rounded to whole source pixels (origin and side move
+- ``fast`` (default): the region rounded to whole source pixels (origin and side move
   by at most half a pixel) and resized by torch's antialiased uint8 bicubic, one native
   call per crop (~0.3-0.5 ms for a 224 px crop on a CPU core);
 - ``exact``: the region at its sub-pixel position, a separable float64 filter whose k taps
   per output pixel are gathered (a banded filter), or a dense matrix product where the crop
-  shrinks a lot (~3-4 ms per crop); the crops of tables made before ``window`` existed.
+  shrinks a lot (~3-4 ms per crop); the crops of tables made before ``fast`` existed.
 Aligned crops resample the rotated region's bounding box at the output's own scale by the
 chosen method, then rotate it by a bicubic ``grid_sample`` about the exact centre.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RESAMPLINGS = ("window", "exact")
+RESAMPLINGS = ("fast", "exact")
 _A = -0.5  # Keys' cubic parameter (PIL's bicubic)
 _BORDER = 3  # output px of context around the rotated square, for the bicubic kernel
 
@@ -157,9 +157,9 @@ def resize_window(frame: np.ndarray, left: int, top: int, width: int, height: in
 def _sample(frame: np.ndarray, region: tuple[float, float, float, float], n_x: int, n_y: int,
             method: str) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """The region (left, top, width, height, source px) sampled onto n_x by n_y pixels by
-    ``method`` (``window``: uint8; ``exact``: float64, unrounded), and the region it really
-    covers (``window`` rounds it to whole pixels)."""
-    if method == "window":
+    ``method`` (``fast``: uint8; ``exact``: float64, unrounded), and the region it really
+    covers (``fast`` rounds it to whole pixels)."""
+    if method == "fast":
         whole = window(*region)
         return resize_window(frame, *whole, n_x, n_y), whole
     if method != "exact":
@@ -170,7 +170,7 @@ def _sample(frame: np.ndarray, region: tuple[float, float, float, float], n_x: i
 
 def crop_face(
     frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray | None, size: int,
-    margin: float, align: bool = False, aspect: str = "square", method: str = "window",
+    margin: float, align: bool = False, aspect: str = "square", method: str = "fast",
 ) -> np.ndarray:
     """One crop; see the module docstring and ``crop_geometry``."""
     cx, cy, width, height, angle = crop_geometry(box, landmarks, margin, align, aspect)
@@ -203,11 +203,11 @@ def crop_face(
     return _to_uint8(out[0].numpy().transpose(1, 2, 0))
 
 
-def resize_square(frame: np.ndarray, size: int, method: str = "window") -> np.ndarray:
+def resize_square(frame: np.ndarray, size: int, method: str = "fast") -> np.ndarray:
     """A whole (pre-cropped) face image resized to (size, size, 3), same kernel, edges
     extended instead of black."""
     h, w = frame.shape[:2]
-    if method == "window":
+    if method == "fast":
         return resize_window(frame, 0, 0, w, h, size, size)
     if method != "exact":
         raise ValueError(f"crop resampling must be one of {RESAMPLINGS}, got {method!r}")

@@ -34,11 +34,11 @@ def crop_pixels(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, media
                 cfg: FacesConfig) -> np.ndarray:
     """The crop of one row from its stored box and landmarks (float32, source px)."""
     if media == "faces":
-        return resize_square(frame, cfg.crop_size, cfg.crop_resample)
+        return resize_square(frame, cfg.crop_size, cfg.resample)
     marks = np.asarray(landmarks, np.float32).reshape(5, 2)
     return crop_face(frame, np.asarray(box, np.float32),
                      marks if np.isfinite(marks).all() else None,
-                     cfg.crop_size, cfg.margin, cfg.align, cfg.aspect, cfg.crop_resample)
+                     cfg.crop_size, cfg.margin, cfg.align, cfg.aspect, cfg.resample)
 
 
 def recrop_chunks(sample_row: dict, face_rows: dict[str, np.ndarray], cfg: FacesConfig

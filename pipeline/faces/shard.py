@@ -25,16 +25,16 @@ from schemas import get
 
 FAILED = frozenset({"decode_error", "detect_error", "bad_frame"})
 # Face settings that change the pixels of a crop (and so the embeddings), not the rows.
-CROP_KEYS = ("crop_size", "margin", "align", "aspect", "crop_resample")
+CROP_KEYS = ("crop_size", "margin", "align", "aspect", "resample")
 # Face settings that change neither rows nor crops (speed and memory only): not fingerprinted.
 RUNTIME_KEYS = ("chunk_frames", "cache_mb", "detect_batch", "device")
 # Keyframe settings: they change the rows in detect_mode='keyframe' only, so per-frame mode
 # leaves them out and keeps the fingerprints of tables made before the option existed.
-KEYFRAME_KEYS = ("detect_mode", "keyframe_every", "keyframe_iou")
+KEYFRAME_KEYS = ("detect_mode", "keyframe_every", "keyframe_iou", "keyframe_shrink")
 # Settings that joined the fingerprint after tables were made without them, and the value
 # those tables were made with: at that value a setting stays out of the fingerprint (older
 # tables keep theirs), and a fingerprint without it reads back as that value.
-LEGACY_VALUES = {"detect_mode": "every", "crop_resample": "exact"}
+LEGACY_VALUES = {"detect_mode": "every", "resample": "exact"}
 WITH_FACE = CROPPED  # statuses with a face: ok | filled | carried
 
 

@@ -46,6 +46,7 @@ from pipeline.faces.detect import (
     FrameFaces,
     detect_shape,
     downscale,
+    keyframe_detection,
     resolve_device,
 )
 from pipeline.faces.recrop import CROPPED, crop_pixels, recrop
@@ -58,7 +59,9 @@ ROW_COLUMNS = tuple(f.name for f in FACES if f.name != "crop")
 OUTPUT_COLUMNS = ROW_COLUMNS + ("crop_pixels",)
 _STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "filled",
                 tracking.CARRIED: "carried"}
-_Pending = dict[tuple[int, int], list[tuple["_Sample", int, torch.Tensor]]]
+# queued frames by how they are detected: (source (h, w), detection (h, w), least face px)
+_DetectKey = tuple[tuple[int, int], tuple[int, int], float | None]
+_Pending = dict[_DetectKey, list[tuple["_Sample", int, torch.Tensor]]]
 CropSink = Callable[[np.ndarray, np.ndarray], None]  # (row positions, uint8 crops)
 
 
@@ -75,6 +78,7 @@ class _Sample:
     dets: dict[int, FrameFaces] = field(default_factory=dict)
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # full frames kept for crops
     detected: set[int] | None = None  # keyframe mode: positions detected on (None: all)
+    keyed: _DetectKey | None = None  # keyframe mode: how later keyframes are detected
 
     def fail(self, status: str, error: str) -> None:
         if self.status is None:  # the first cause is the one to report
@@ -94,6 +98,7 @@ class FaceStage:
         self._set_threads()
         self.device = resolve_device(cfg.device)
         self.detector = FaceDetector(cfg, self.device)
+        self._exact = cfg.resample == "exact"  # float downscaling for MTCNN (tables made before)
         self.seconds: dict[str, float] = defaultdict(float)  # per phase, summed over calls
 
     def _set_threads(self) -> None:
@@ -136,14 +141,14 @@ class FaceStage:
                 if sample.source is not None:
                     self._decode(sample, sample.source, pending, budget)
                 samples.append(sample)
-            for src_hw in list(pending):
-                self._flush(pending, src_hw)
+            for key in list(pending):
+                self._flush(pending, key)
             if self.cfg.detect_mode == "keyframe":
                 for sample in samples:
                     if sample.detected is not None and sample.status is None:
                         self._between(sample, pending)
-                for src_hw in list(pending):
-                    self._flush(pending, src_hw)
+                for key in list(pending):
+                    self._flush(pending, key)
             offset = 0
             for s in samples:
                 parts.append(self._rows(batch, s, sink, offset))
@@ -189,6 +194,8 @@ class FaceStage:
         """Read the sample's frames a chunk at a time, keep full frames for the crop pass
         while the batch's ``cache_mb`` lasts, and queue downscaled copies for detection."""
         for lo in range(0, len(s.indices), self.cfg.chunk_frames):
+            if s.status is not None:
+                return
             t0 = time.perf_counter()
             frames = self._read(s, range(lo, min(lo + self.cfg.chunk_frames, len(s.indices))))
             if frames is None:
@@ -209,23 +216,50 @@ class FaceStage:
             for members in by_shape.values():
                 if s.detected is not None:  # keyframe mode: keyframes first
                     members = [p for p in members if p in s.detected]
-                self._queue(s, frames, [p - lo for p in members], members, pending)
+                    if members and s.keyed is None:
+                        self._first_keyframe(s, frames, members[0] - lo, members[0])
+                        members = members[1:]
+                self._queue(s, frames, [p - lo for p in members], members, pending,
+                            keyframes=s.detected is not None)
+
+    def _first_keyframe(self, s: _Sample, frames: Sequence[np.ndarray | str], pick: int,
+                        pos: int) -> None:
+        """Keyframe mode: detect the sample's first keyframe at once, at ``detect_size``, and
+        choose how its later keyframes (of that source size) are detected: with
+        ``keyframe_shrink`` at the size that still shows its faces (``keyframe_detection``)."""
+        t0 = time.perf_counter()
+        src_hw = s.shapes[pos]
+        full = detect_shape(*src_hw, self.cfg.detect_size)
+        small = downscale(_stack(frames, [pick]), full, self.device, exact=self._exact)
+        try:
+            found = self.detector.detect_small(small, src_hw)[0]
+        except DetectError as err:
+            s.fail("detect_error", str(err))
+        else:
+            s.dets[pos] = found
+            shape, least = (keyframe_detection(found, src_hw, self.cfg.detect_size)
+                            if self.cfg.keyframe_shrink else (full, None))
+            s.keyed = (src_hw, shape, least)
+        self.seconds["detect"] += time.perf_counter() - t0
 
     def _queue(self, s: _Sample, frames: Sequence[np.ndarray | str], picks: list[int],
-               positions: list[int], pending: _Pending) -> None:
+               positions: list[int], pending: _Pending, keyframes: bool = False) -> None:
         """Downscale the decoded frames ``frames[picks]`` (one source size) of the sample's
-        ``positions`` and queue them for detection, detecting once a batch is full."""
+        ``positions`` and queue them for detection, detecting once a batch is full. Later
+        keyframes of the first keyframe's size are detected as it chose (``s.keyed``)."""
         if not positions:
             return
         t0 = time.perf_counter()
         src_hw = s.shapes[positions[0]]
-        small = downscale(_stack(frames, picks), detect_shape(*src_hw, self.cfg.detect_size),
-                          self.device)
+        key: _DetectKey = (src_hw, detect_shape(*src_hw, self.cfg.detect_size), None)
+        if keyframes and s.keyed is not None and s.keyed[0] == src_hw:
+            key = s.keyed
+        small = downscale(_stack(frames, picks), key[1], self.device, exact=self._exact)
         self.seconds["detect"] += time.perf_counter() - t0
-        queue = pending.setdefault(src_hw, [])
+        queue = pending.setdefault(key, [])
         queue.extend((s, p, small[j]) for j, p in enumerate(positions))
         if len(queue) >= self.cfg.detect_batch:
-            self._flush(pending, src_hw)
+            self._flush(pending, key)
 
     def _between(self, s: _Sample, pending: _Pending) -> None:
         """Keyframe mode, once the keyframes are detected: queue the frames between two
@@ -262,10 +296,11 @@ class FaceStage:
         """The faces detected on a frame; None when it could not be decoded or detected."""
         return None if pos in s.frame_errors else s.dets.get(pos)
 
-    def _flush(self, pending: _Pending, src_hw: tuple[int, int]) -> None:
+    def _flush(self, pending: _Pending, key: _DetectKey) -> None:
         """Detect on one size's queued frames; when the pooled call fails, each sample in
         it is tried alone, and a sample that still fails gets ``detect_error``."""
-        queue = [q for q in pending.pop(src_hw, []) if q[0].status is None]
+        src_hw, _, least = key
+        queue = [q for q in pending.pop(key, []) if q[0].status is None]
         if not queue:
             return
         t0 = time.perf_counter()
@@ -275,7 +310,8 @@ class FaceStage:
         groups = [queue] + (list(by_sample.values()) if len(by_sample) > 1 else [])
         for k, group in enumerate(groups):
             try:
-                found = self.detector.detect_small(torch.stack([q[2] for q in group]), src_hw)
+                found = self.detector.detect_small(torch.stack([q[2] for q in group]), src_hw,
+                                                   least)
             except DetectError as err:
                 if k == 0 and len(groups) > 1:
                     continue  # the pooled call: retry sample by sample
