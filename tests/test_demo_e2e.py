@@ -17,6 +17,7 @@ from jobs.demo import DEMO_DEFAULTS
 from pipeline import parquet
 from pipeline.config import load_config
 from pipeline.demo.config import DemoConfig
+from pipeline.faces.shard import WITH_FACE
 from pipeline.workspace import Workspace
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,7 @@ def test_manifest_roles_labels_and_faces_found_in_every_frame(demo):
                                                                     "target": DEMO.n_target}
     faces = ws.read_table("faces").to_pandas()
     assert len(faces) == N_VIDEOS * DEMO.n_frames
-    ok = faces["status"].isin(["ok", "filled"])
+    ok = faces["status"].isin(WITH_FACE)
     assert ok.mean() > 0.97
     boxes = np.stack(faces.loc[ok, "box"].to_numpy())
     assert (boxes[:, 2] - boxes[:, 0] > 40).all()
@@ -93,7 +94,7 @@ def test_embeddings_one_per_face_frame_keys_in_the_row(demo):
     ws = Workspace(str(out))
     faces = ws.read_table("faces").to_pandas()
     emb = ws.read_table(EMB)
-    with_face = faces[faces["status"].isin(["ok", "filled"])]
+    with_face = faces[faces["status"].isin(WITH_FACE)]
     got = sorted(zip(emb.column("sample_id").to_pylist(), emb.column("frame_index").to_pylist()))
     assert got == sorted(zip(with_face["sample_id"], with_face["frame_index"]))
     vec = np.stack(emb.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)

@@ -17,9 +17,13 @@ naming the cause; an undecodable frame a ``bad_frame`` row. Exceptions of this p
 own code are not converted: they fail the unit. Media 'faces' (pre-cropped face images)
 skip detection. Detection runs on equal-size frames pooled across the batch's samples; when
 a pooled call fails, each sample is retried alone so that only the bad one fails. With
-``detect_mode='keyframe'`` only the keyframes (``track.keyframes``) are detected while
-decoding; once they are, the frames between two keyframes that disagree
-(``track.agree``) are detected too (kept frames, else decoded again), and the rest are
+``detect_mode='keyframe'`` (the default) only the keyframes (``track.keyframes``) are
+detected while decoding: a sample's first at once at ``detect_size``, the later ones (with
+``keyframe_shrink``) at the size that still shows its faces (``detect.keyframe_detection``),
+and every decoded frame leaves a grey thumbnail. Once they are, the frames between two
+keyframes that disagree (``track.agree``), or between which a thumbnail of the face region
+differs from both (``track.hidden_change``: a face that left and came back, a hand, a cut),
+are detected at ``detect_size`` too (kept frames, else decoded again), and the rest are
 ``carried`` by the tracker (null ``prob``). Crops
 come from frames kept in memory up to ``cache_mb`` per batch, else from re-decoding, a
 chunk at a time, through the same ``crop_pixels`` call that ``recrop`` uses.
@@ -63,6 +67,11 @@ _STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "f
 _DetectKey = tuple[tuple[int, int], tuple[int, int], float | None]
 _Pending = dict[_DetectKey, list[tuple["_Sample", int, torch.Tensor]]]
 CropSink = Callable[[np.ndarray, np.ndarray], None]  # (row positions, uint8 crops)
+# Keyframe mode: every frame leaves a grey thumbnail of this longest side; a frame between
+# two agreeing keyframes whose face region differs from both by CHANGE_GREY grey levels more
+# than they differ from each other gets the frames between them detected (track.hidden_change)
+THUMB_SIDE = 64
+CHANGE_GREY = 8.0
 
 
 @dataclass
@@ -79,12 +88,14 @@ class _Sample:
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # full frames kept for crops
     detected: set[int] | None = None  # keyframe mode: positions detected on (None: all)
     keyed: _DetectKey | None = None  # keyframe mode: how later keyframes are detected
+    thumbs: dict[int, np.ndarray] = field(default_factory=dict)  # keyframe mode: grey (h, w)
 
     def fail(self, status: str, error: str) -> None:
         if self.status is None:  # the first cause is the one to report
             self.status, self.error = status, error
         self.dets.clear()
         self.frames.clear()
+        self.thumbs.clear()
 
 
 class FaceStage:
@@ -215,12 +226,40 @@ class FaceStage:
                 continue  # pre-cropped: no detection
             for members in by_shape.values():
                 if s.detected is not None:  # keyframe mode: keyframes first
+                    self._thumbs(s, frames, [p - lo for p in members], members)
                     members = [p for p in members if p in s.detected]
                     if members and s.keyed is None:
                         self._first_keyframe(s, frames, members[0] - lo, members[0])
                         members = members[1:]
                 self._queue(s, frames, [p - lo for p in members], members, pending,
                             keyframes=s.detected is not None)
+
+    def _thumbs(self, s: _Sample, frames: Sequence[np.ndarray | str], picks: list[int],
+                positions: list[int]) -> None:
+        """Keyframe mode: the grey thumbnails of decoded frames (one source size)."""
+        t0 = time.perf_counter()
+        shape = detect_shape(*s.shapes[positions[0]], THUMB_SIDE)
+        small = downscale(_stack(frames, picks), shape, torch.device("cpu")).numpy()
+        grey = small.mean(axis=-1, dtype=np.float32).round().astype(np.uint8)
+        s.thumbs.update(zip(positions, grey, strict=True))
+        self.seconds["detect"] += time.perf_counter() - t0
+
+    def _changed_between(self, s: _Sample, a: int, b: int) -> bool:
+        """Whether the thumbnails say that something happened between the agreeing
+        keyframes a and b (``track.hidden_change`` over their faces' region)."""
+        near = [s.thumbs.get(t) for t in range(a, b + 1)]
+        if any(t is None for t in near) or len({t.shape for t in near}) > 1:
+            return True  # an undecodable frame or another size between them: look
+        region = (slice(None), slice(None))
+        boxes = [f.boxes for f in (s.dets[a], s.dets[b]) if len(f)]
+        if boxes:
+            scale = near[0].shape[0] / s.shapes[a][0]
+            stacked = np.concatenate(boxes) * scale
+            x1, y1 = np.floor(stacked[:, :2].min(axis=0)).astype(int)
+            x2, y2 = np.ceil(stacked[:, 2:].max(axis=0)).astype(int)
+            region = (slice(max(y1, 0), max(y2 + 1, 1)), slice(max(x1, 0), max(x2 + 1, 1)))
+        crops = [t[region] for t in near]
+        return crops[0].size > 0 and tracking.hidden_change(crops, CHANGE_GREY)
 
     def _first_keyframe(self, s: _Sample, frames: Sequence[np.ndarray | str], pick: int,
                         pos: int) -> None:
@@ -268,8 +307,9 @@ class FaceStage:
         assert s.detected is not None
         keys = sorted(s.detected)
         redo = [t for a, b in zip(keys[:-1], keys[1:], strict=False) if b - a > 1
-                and not tracking.agree(self._found(s, a), self._found(s, b),
-                                       self.cfg.keyframe_iou)
+                and (not tracking.agree(self._found(s, a), self._found(s, b),
+                                        self.cfg.keyframe_iou)
+                     or self._changed_between(s, a, b))
                 for t in range(a + 1, b)]
         s.detected.update(redo)
         for lo in range(0, len(redo), self.cfg.chunk_frames):
@@ -359,6 +399,7 @@ class FaceStage:
             self.seconds["crop"] += time.perf_counter() - t0
         s.frames.clear()
         s.dets.clear()
+        s.thumbs.clear()
         if s.status is not None:  # failed after opening: every decodable frame says so
             out["status"][:], out["error"][:] = s.status, s.error
             out["box"][:], out["landmarks"][:], out["prob"][:] = np.nan, np.nan, np.nan

@@ -152,6 +152,22 @@ def agree(a: FrameFaces | None, b: FrameFaces | None, min_iou: float) -> bool:
     return False
 
 
+def hidden_change(thumbs: Sequence[np.ndarray], grey: float) -> bool:
+    """Whether something happened between two agreeing keyframes that they do not show (a
+    face that left and came back, a hand over it, a cut to another view and back): given
+    the grey thumbnails of the face region (the same (h, w) each) from one keyframe to the
+    next, some frame between them differs from both keyframes by more (mean absolute grey
+    level) than the keyframes differ from each other, plus ``grey``. Frames of a steady
+    face stay nearer one of the two keyframes than the keyframes are to each other."""
+    first, last = (t.astype(np.float32) for t in (thumbs[0], thumbs[-1]))
+    apart = float(np.abs(first - last).mean())
+    for t in thumbs[1:-1]:
+        x = t.astype(np.float32)
+        if min(np.abs(x - first).mean(), np.abs(x - last).mean()) > apart + grey:
+            return True
+    return False
+
+
 def _carried_score(chain: _Chain, skip: np.ndarray) -> float:
     """What the skipped frames between a chain's detections would have added to its score
     had they been detected (the mean of the two detections' area * prob each): a face
