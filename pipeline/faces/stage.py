@@ -302,8 +302,9 @@ class FaceStage:
 
     def _between(self, s: _Sample, pending: _Pending) -> None:
         """Keyframe mode, once the keyframes are detected: queue the frames between two
-        keyframes whose faces disagree (``tracking.agree``) for detection, from the kept
-        frames or decoded again; the frames between agreeing keyframes stay skipped."""
+        keyframes whose faces disagree (``tracking.agree``), or between which a thumbnail
+        differs from both (``_changed_between``), for detection, from the kept frames or
+        decoded again; the frames between the other keyframes stay skipped."""
         assert s.detected is not None
         keys = sorted(s.detected)
         redo = [t for a, b in zip(keys[:-1], keys[1:], strict=False) if b - a > 1
@@ -311,6 +312,7 @@ class FaceStage:
                                         self.cfg.keyframe_iou)
                      or self._changed_between(s, a, b))
                 for t in range(a + 1, b)]
+        s.thumbs.clear()  # used up: the batch's other samples need the memory
         s.detected.update(redo)
         for lo in range(0, len(redo), self.cfg.chunk_frames):
             part = redo[lo: lo + self.cfg.chunk_frames]
