@@ -19,8 +19,9 @@ skip detection. Detection runs on equal-size frames pooled across the batch's sa
 a pooled call fails, each sample is retried alone so that only the bad one fails. With
 ``detect_mode='keyframe'`` (the default) only the keyframes (``track.keyframes``) are
 detected while decoding: a sample's first at once at ``detect_size``, the later ones (with
-``keyframe_shrink``) at the size that still shows its faces (``detect.keyframe_detection``),
-and every decoded frame leaves a grey thumbnail. Once they are, the frames between two
+``keyframe_shrink``) at the size that still shows its faces (``detect.keyframe_detection``;
+from the first that finds fewer faces than the keyframe before it on, at ``detect_size``
+again, ``_unshrink``), and every decoded frame leaves a grey thumbnail. Once they are, the frames between two
 keyframes that disagree (``track.agree``), or between which a thumbnail of the face region
 differs from both (``track.hidden_change``: a face that left and came back, a hand, a cut),
 are detected at ``detect_size`` too (kept frames, else decoded again), and the rest are
