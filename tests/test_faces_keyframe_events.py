@@ -104,3 +104,25 @@ def test_a_hand_over_the_face_keeps_the_face(tmp_path):
     assert (keyed["status"] == "carried").sum() > len(face_k) / 2  # most frames not detected
     overlap = np.array([iou(a, b)[0, 0] for a, b in zip(every["box"], keyed["box"], strict=True)])
     assert overlap.mean() >= 0.9 and overlap.min() > 0.6
+
+
+@needs_shared
+def test_a_face_that_shrinks_below_the_later_keyframes_size_is_kept(tmp_path):
+    """The first keyframe's large face sets a small detection size for the later ones; a
+    face that then shrinks (a zoom out) to 60 px, under what that size shows but above
+    min_face, is looked for again at detect_size instead of lost from there on."""
+    img = Image.open(SHARED / "single_face.jpg").convert("RGB")
+    folder = tmp_path / "zoom_out"
+    folder.mkdir()
+    for t in range(25):  # the face ~290 px wide on frame 0, ~60 px from frame 12 on
+        side = round(880 * (190 / 880) ** min(1.0, t / 12))
+        canvas = Image.new("RGB", (640, 360), (128, 128, 128))
+        face = img.resize((side, round(side * img.size[1] / img.size[0])))
+        canvas.paste(face, (320 - side // 2, 180 - face.size[1] // 2))
+        canvas.save(folder / f"image_{t}.png")
+    batch = manifest({"sample_id": "zoom_out", "path": str(folder), "media": "frames"})
+    every = FaceStage(FacesConfig(detect_mode="every"), num_threads=1)(batch)
+    keyed = FaceStage(FacesConfig(), num_threads=1)(batch)  # keyframes 0, 8, 16, 24
+    assert np.isin(every["status"], WITH_FACE).all()
+    assert np.isin(keyed["status"], WITH_FACE).all(), keyed["status"].tolist()
+    assert (keyed["status"] == "carried").sum() >= 5  # frames 17..23 still carried

@@ -19,8 +19,9 @@ skip detection. Detection runs on equal-size frames pooled across the batch's sa
 a pooled call fails, each sample is retried alone so that only the bad one fails. With
 ``detect_mode='keyframe'`` (the default) only the keyframes (``track.keyframes``) are
 detected while decoding: a sample's first at once at ``detect_size``, the later ones (with
-``keyframe_shrink``) at the size that still shows its faces (``detect.keyframe_detection``),
-and every decoded frame leaves a grey thumbnail. Once they are, the frames between two
+``keyframe_shrink``) at the size that still shows its faces (``detect.keyframe_detection``;
+from the first that finds fewer faces than the keyframe before it on, at ``detect_size``
+again, ``_unshrink``), and every decoded frame leaves a grey thumbnail. Once they are, the frames between two
 keyframes that disagree (``track.agree``), or between which a thumbnail of the face region
 differs from both (``track.hidden_change``: a face that left and came back, a hand, a cut),
 are detected at ``detect_size`` too (kept frames, else decoded again), and the rest are
@@ -88,6 +89,7 @@ class _Sample:
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # full frames kept for crops
     detected: set[int] | None = None  # keyframe mode: positions detected on (None: all)
     keyed: _DetectKey | None = None  # keyframe mode: how later keyframes are detected
+    shrunk: set[int] = field(default_factory=set)  # keyframes detected smaller than detect_size
     thumbs: dict[int, np.ndarray] = field(default_factory=dict)  # keyframe mode: grey (h, w)
 
     def fail(self, status: str, error: str) -> None:
@@ -155,11 +157,12 @@ class FaceStage:
             for key in list(pending):
                 self._flush(pending, key)
             if self.cfg.detect_mode == "keyframe":
-                for sample in samples:
-                    if sample.detected is not None and sample.status is None:
-                        self._between(sample, pending)
-                for key in list(pending):
-                    self._flush(pending, key)
+                for step in (self._unshrink, self._between):
+                    for sample in samples:
+                        if sample.detected is not None and sample.status is None:
+                            step(sample, pending)
+                    for key in list(pending):
+                        self._flush(pending, key)
             offset = 0
             for s in samples:
                 parts.append(self._rows(batch, s, sink, offset))
@@ -291,14 +294,30 @@ class FaceStage:
         t0 = time.perf_counter()
         src_hw = s.shapes[positions[0]]
         key: _DetectKey = (src_hw, detect_shape(*src_hw, self.cfg.detect_size), None)
-        if keyframes and s.keyed is not None and s.keyed[0] == src_hw:
+        if keyframes and s.keyed is not None and s.keyed[0] == src_hw and s.keyed != key:
             key = s.keyed
+            s.shrunk.update(positions)
         small = downscale(_stack(frames, picks), key[1], self.device, exact=self._exact)
         self.seconds["detect"] += time.perf_counter() - t0
         queue = pending.setdefault(key, [])
         queue.extend((s, p, small[j]) for j, p in enumerate(positions))
         if len(queue) >= self.cfg.detect_batch:
             self._flush(pending, key)
+
+    def _unshrink(self, s: _Sample, pending: _Pending) -> None:
+        """Keyframe mode, once the keyframes are detected: from the first keyframe detected
+        at the reduced size that finds fewer faces than the keyframe before it (the face
+        left, or shrank below what that size shows), queue that one and every later reduced
+        keyframe for detection at ``detect_size`` (a face that stays small would otherwise
+        be missed on all of them, and the frames between them carried as faceless)."""
+        assert s.detected is not None
+        keys = sorted(s.detected)
+        for a, b in zip(keys[:-1], keys[1:], strict=False):
+            before, after = self._found(s, a), self._found(s, b)
+            if b in s.shrunk and before is not None and after is not None \
+                    and len(after) < len(before):
+                self._detect_again(s, [k for k in keys if k >= b and k in s.shrunk], pending)
+                return
 
     def _between(self, s: _Sample, pending: _Pending) -> None:
         """Keyframe mode, once the keyframes are detected: queue the frames between two
@@ -314,6 +333,11 @@ class FaceStage:
                 for t in range(a + 1, b)]
         s.thumbs.clear()  # used up: the batch's other samples need the memory
         s.detected.update(redo)
+        self._detect_again(s, redo, pending)
+
+    def _detect_again(self, s: _Sample, redo: list[int], pending: _Pending) -> None:
+        """Queue these positions for detection at ``detect_size``, from the kept frames or
+        decoded again (a frame that no longer decodes becomes a frame error)."""
         for lo in range(0, len(redo), self.cfg.chunk_frames):
             part = redo[lo: lo + self.cfg.chunk_frames]
             missing = [p for p in part if p not in s.frames]
