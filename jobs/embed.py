@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import json
 
-from jobs.faces import faces_fingerprints, wants_gpu
+from jobs.faces import faces_fingerprints, plan_faces, wants_gpu
 from jobs.runner import StageRun, node_id, run_shards
 from pipeline import config as cfgmod
 from pipeline import io
@@ -25,7 +25,7 @@ from pipeline.embed.config import EmbedConfig
 from pipeline.embed.shard import EmbedShard, FusedShard, table_name
 from pipeline.embed.text import TEXT_UNIT, TextFeaturesStage, text_table
 from pipeline.faces.config import FacesConfig
-from pipeline.faces.shard import FAILED, config_of_fingerprint, crop_fingerprint
+from pipeline.faces.shard import config_of_fingerprint, crop_fingerprint
 from pipeline.planning import Fingerprint, Plan, StageChanged, plan
 from pipeline.shards import execute
 from pipeline.workspace import Workspace
@@ -123,7 +123,7 @@ def run_fused(cfg: Config, run_id: str) -> list[StageRun]:
     faces_fps = faces_fingerprints(ws, cfg.faces)
     shards = sorted(faces_fps)
     faces_done, emb_done = ws.markers("faces"), ws.markers(table)
-    faces_plan = plan(ws, "faces", faces_fps, failure_statuses=FAILED, done=faces_done, **kw)
+    faces_plan = plan_faces(ws, faces_fps, done=faces_done, **kw)
     redo = set(faces_plan.todo)
     conf = embed_config(cfg, cfg.faces, bb)
     numerics = numerics_in(emb_done, cfg.embed)

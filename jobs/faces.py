@@ -11,8 +11,14 @@ import functools
 from jobs.runner import StageRun, run_shards
 from pipeline.config import Config
 from pipeline.faces.config import FacesConfig
-from pipeline.faces.shard import FAILED, FacesShard, fingerprint_config, input_digest
-from pipeline.planning import Fingerprint, plan
+from pipeline.faces.shard import (
+    FAILED,
+    FacesShard,
+    fingerprint_config,
+    input_digest,
+    legacy_hint,
+)
+from pipeline.planning import Fingerprint, Plan, StageChanged, plan
 from pipeline.workspace import Workspace
 
 
@@ -38,12 +44,19 @@ def wants_gpu(device: str) -> bool:
     return device in ("auto", "cuda")
 
 
+def plan_faces(ws: Workspace, fps: dict[str, Fingerprint], **kw) -> Plan:
+    """``plan`` of the faces table; a refusal names the settings that keep older tables."""
+    try:
+        return plan(ws, "faces", fps, failure_statuses=FAILED, **kw)
+    except StageChanged as err:
+        raise StageChanged(legacy_hint(str(err))) from None
+
+
 def run(cfg: Config, run_id: str) -> StageRun:
     ws = Workspace(cfg.run.out)
     fps = {s: {"faces": fp} for s, fp in faces_fingerprints(ws, cfg.faces).items()}
-    todo = plan(ws, "faces", {s: f["faces"] for s, f in fps.items()},
-                recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed,
-                failure_statuses=FAILED)
+    todo = plan_faces(ws, {s: f["faces"] for s, f in fps.items()},
+                      recompute=cfg.run.recompute, retry_failed=cfg.run.retry_failed)
     factory = functools.partial(FacesShard, cfg.faces)
     return run_shards("faces", ws, factory, todo, fps, run_id, cfg.run,
                       wants_gpu=wants_gpu(cfg.faces.device), primary="faces")

@@ -93,6 +93,31 @@ def test_changed_config_refuses_and_recompute_redoes(micro, tmp_path, capsys):
     assert pa.types.is_float32(table(out, EMB).schema.field("embedding").type.value_type)
 
 
+def test_tables_made_before_the_new_face_defaults_are_kept(micro, tmp_path, capsys):
+    """A workspace whose faces were made per frame with the exact resampling (as every
+    table before them): refused with the settings that keep it, which then do no work."""
+    out = tmp_path / "old"
+    legacy = ("faces.detect_mode=every", "faces.resample=exact")
+    assert run(out, "ingest", manifest=micro["manifest"]) == 0
+    assert run(out, "embed", "--fused", *legacy) == 0
+    marker = next(iter(Workspace(str(out)).markers("faces").values()))
+    assert not {"detect_mode", "resample", "keyframe_every"} & set(marker["config"]["faces"])
+    before = table(out, "faces")
+    capsys.readouterr()
+    for command in (["faces"], ["embed", "--fused"]):
+        assert run(out, *command) == 2
+        err = capsys.readouterr().err
+        assert "faces.detect_mode: '<absent>' -> 'keyframe'" in err, err
+        assert "`faces.detect_mode=every faces.resample=exact` keeps using them" in err, err
+    assert table(out, "faces").equals(before)
+    assert run(out, "embed", *legacy) == 0 and run(out, "embed", "--fused", *legacy) == 0
+    assert "0 shard(s) done" in capsys.readouterr().out
+    assert run(out, "faces", "--recompute") == 0  # redone with the new defaults
+    marker = next(iter(Workspace(str(out)).markers("faces").values()))
+    assert marker["config"]["faces"]["detect_mode"] == "keyframe"
+    assert marker["config"]["faces"]["resample"] == "fast"
+
+
 def test_new_samples_alone_and_killed_worker_on_ray(micro, tmp_path, ray_cluster, monkeypatch,
                                                     capsys):
     out = tmp_path / "out"

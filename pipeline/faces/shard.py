@@ -83,6 +83,17 @@ def crop_fingerprint(cfg: FacesConfig) -> dict:
     return {k: v for k, v in values.items() if k not in _legacy(values)}
 
 
+def legacy_hint(message: str) -> str:
+    """A refusal to mix tables (``StageChanged``), with the settings that keep using them
+    added where they were made before settings of LEGACY_VALUES existed."""
+    older = [k for k in LEGACY_VALUES if f"faces.{k}: '<absent>'" in message]
+    if not older:
+        return message
+    keep = " ".join(f"faces.{k}={v}" for k, v in LEGACY_VALUES.items())
+    return (f"{message} (They were made before faces.{' and faces.'.join(older)} existed: "
+            f"`{keep}` keeps using them as they are.)")
+
+
 def config_of_fingerprint(faces: dict) -> FacesConfig:
     """The FacesConfig a faces shard was made with, from its fingerprint's ``faces``."""
     return build(FacesConfig, {**LEGACY_VALUES, **faces}, "faces")
