@@ -23,6 +23,7 @@ SHARED = shared_faces_dir()
 needs_shared = needs_shared_faces()
 # small and sparse enough for 2 shared cores: every 2nd frame, detection at 160 px
 BASE = {"sampling": "every_k", "every_k": 2, "detect_size": 160}
+EVERY = FacesConfig().keyframe_every
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -112,8 +113,7 @@ def shared_runs():
          "end": 4.6},
     )
     every = FaceStage(FacesConfig(**BASE, detect_mode="every"), num_threads=1)(batch)
-    kf = FaceStage(FacesConfig(**BASE, detect_mode="keyframe", keyframe_every=5),
-                   num_threads=1)(batch)
+    kf = FaceStage(FacesConfig(**BASE), num_threads=1)(batch)  # the default keyframe mode
     return every, kf
 
 
@@ -130,9 +130,9 @@ def test_face_that_leaves_or_enters_is_found_at_its_frame(shared_runs, sample):
     edge = (want.max(), got.max()) if sample == "leaves" else (want.min(), got.min())
     # the frames between the keyframes around the switch are detected again: within one
     # keyframe interval (in practice the very frame)
-    assert abs(int(edge[0]) - int(edge[1])) < 5
+    assert abs(int(edge[0]) - int(edge[1])) < EVERY
     # no frame between the keyframes around the switch is carried
-    keys = keyframes(len(kf["status"]), 5)
+    keys = keyframes(len(kf["status"]), EVERY)
     last_face = int(edge[0]) if sample == "leaves" else int(edge[0]) - 1
     a, b = keys[keys <= last_face].max(), keys[keys > last_face].min()
     assert b - a > 1 and "carried" not in kf["status"][a: b + 1].tolist()
@@ -143,7 +143,7 @@ def test_carried_frames_are_marked_and_cropped(shared_runs):
     every, kf = shared_runs
     rows = rows_of(kf, "single")
     n = len(rows["status"])
-    keys = keyframes(n, 5)
+    keys = keyframes(n, EVERY)
     carried = rows["status"] == "carried"
     assert carried.sum() == n - len(keys)  # one steady face: only keyframes detected
     assert (rows["status"][keys] == "ok").all()
