@@ -16,6 +16,7 @@ from pipeline.media import IMAGE_EXTS
 SAMPLINGS = ("all", "every_k", "fps", "count")
 ASPECTS = ("square", "stretch")
 DEVICES = ("auto", "cpu", "cuda")
+PREFETCH = ("auto", "on", "off")
 DETECT_MODES = ("every", "keyframe")
 RESAMPLINGS = ("fast", "exact")  # as pipeline.faces.crop.RESAMPLINGS (no torch import here)
 
@@ -56,6 +57,9 @@ class FacesConfig:
     # crops at sub-pixel positions (float64, separable); tables made before 'fast' existed
     resample: Literal["fast", "exact"] = "fast"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    # decode the next chunk in a thread while this one is detected (one chunk more in memory);
+    # auto = on when detecting on a GPU (two CPU cores gain nothing from it)
+    prefetch: Literal["auto", "on", "off"] = "auto"
     store_crops: bool = False  # write crops as PNG into the faces table (else recrop later)
 
     def __post_init__(self) -> None:
@@ -63,6 +67,8 @@ class FacesConfig:
             raise ValueError(f"faces.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.aspect not in ASPECTS:
             raise ValueError(f"faces.aspect must be one of {ASPECTS}, got {self.aspect!r}")
+        if self.prefetch not in PREFETCH:
+            raise ValueError(f"faces.prefetch must be one of {PREFETCH}, got {self.prefetch!r}")
         if self.device not in DEVICES:
             raise ValueError(f"faces.device must be one of {DEVICES}, got {self.device!r}")
         if self.resample not in RESAMPLINGS:

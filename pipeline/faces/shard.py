@@ -27,7 +27,7 @@ FAILED = frozenset({"decode_error", "detect_error", "bad_frame"})
 # Face settings that change the pixels of a crop (and so the embeddings), not the rows.
 CROP_KEYS = ("crop_size", "margin", "align", "aspect", "resample")
 # Face settings that change neither rows nor crops (speed and memory only): not fingerprinted.
-RUNTIME_KEYS = ("chunk_frames", "cache_mb", "detect_batch", "device")
+RUNTIME_KEYS = ("chunk_frames", "cache_mb", "detect_batch", "device", "prefetch")
 # Keyframe settings: they change the rows in detect_mode='keyframe' only, so per-frame mode
 # leaves them out and keeps the fingerprints of tables made before the option existed.
 KEYFRAME_KEYS = ("detect_mode", "keyframe_every", "keyframe_iou", "keyframe_shrink")

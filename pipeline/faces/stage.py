@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +54,7 @@ from pipeline.faces.detect import (
     keyframe_detection,
     resolve_device,
 )
+from pipeline.faces.prefetch import prefetched
 from pipeline.faces.recrop import CROPPED, crop_pixels, recrop
 from pipeline.faces.rows import empty_rows, opt_float, opt_str, with_keys
 from schemas.tables import FACES
@@ -67,6 +68,8 @@ _STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "f
 # queued frames by how they are detected: (source (h, w), detection (h, w), least face px)
 _DetectKey = tuple[tuple[int, int], tuple[int, int], float | None]
 _Pending = dict[_DetectKey, list[tuple["_Sample", int, torch.Tensor]]]
+# one chunk read: the sample, its first position, the frames (or the decoder's error), seconds
+_Read = tuple["_Sample", int, "Sequence[np.ndarray | str] | Exception", float]
 CropSink = Callable[[np.ndarray, np.ndarray], None]  # (row positions, uint8 crops)
 # Keyframe mode: every frame leaves a grey thumbnail of this longest side; a frame between
 # two agreeing keyframes whose face region differs from both by CHANGE_GREY grey levels more
@@ -112,6 +115,9 @@ class FaceStage:
         self.device = resolve_device(cfg.device)
         self.detector = FaceDetector(cfg, self.device)
         self._exact = cfg.resample == "exact"  # float downscaling for MTCNN (tables made before)
+        # chunks decoded ahead in a thread: a GPU worker then never waits on its decoder
+        on = cfg.prefetch == "on" or (cfg.prefetch == "auto" and self.device.type == "cuda")
+        self._prefetch = 1 if on else 0
         self.seconds: dict[str, float] = defaultdict(float)  # per phase, summed over calls
 
     def _set_threads(self) -> None:
@@ -150,10 +156,11 @@ class FaceStage:
             for i in range(n):
                 if i == n // 2:
                     faults.maybe_fail("mid_shard", str(batch["shard_id"][i]))
-                sample = self._open(batch, i, stack)
-                if sample.source is not None:
-                    self._decode(sample, sample.source, pending, budget)
-                samples.append(sample)
+                samples.append(self._open(batch, i, stack))
+            with prefetched(self._reads(samples), self._prefetch) as reads:
+                for sample, lo, frames, seconds in reads:
+                    self.seconds["decode"] += seconds
+                    self._decode(sample, lo, frames, pending, budget)
             for key in list(pending):
                 self._flush(pending, key)
             if self.cfg.detect_mode == "keyframe":
@@ -203,39 +210,58 @@ class FaceStage:
                                    f"{_describe(err)}")
             return None
 
-    def _decode(self, s: _Sample, source: FrameSource, pending: _Pending,
-                budget: list[int]) -> None:
-        """Read the sample's frames a chunk at a time, keep full frames for the crop pass
-        while the batch's ``cache_mb`` lasts, and queue downscaled copies for detection."""
-        for lo in range(0, len(s.indices), self.cfg.chunk_frames):
-            if s.status is not None:
-                return
-            t0 = time.perf_counter()
-            frames = self._read(s, range(lo, min(lo + self.cfg.chunk_frames, len(s.indices))))
-            if frames is None:
-                return
-            by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-            for pos, frame in enumerate(frames, start=lo):
-                if isinstance(frame, str):
-                    s.frame_errors[pos] = frame
-                    continue
-                s.shapes[pos] = (int(frame.shape[0]), int(frame.shape[1]))
-                by_shape[s.shapes[pos]].append(pos)
-                if frame.nbytes <= budget[0]:
-                    s.frames[pos] = frame
-                    budget[0] -= frame.nbytes
-            self.seconds["decode"] += time.perf_counter() - t0
-            if s.media == "faces":
-                continue  # pre-cropped: no detection
-            for members in by_shape.values():
-                if s.detected is not None:  # keyframe mode: keyframes first
-                    self._thumbs(s, frames, [p - lo for p in members], members)
-                    members = [p for p in members if p in s.detected]
-                    if members and s.keyed is None:
-                        self._first_keyframe(s, frames, members[0] - lo, members[0])
-                        members = members[1:]
-                self._queue(s, frames, [p - lo for p in members], members, pending,
-                            keyframes=s.detected is not None)
+    def _reads(self, samples: list[_Sample]) -> Iterator[_Read]:
+        """Every opened sample's frames a chunk at a time, in order (possibly in another
+        thread: ``faces.prefetch``); a chunk the decoder raises on comes as the error, and
+        ends that sample's reads."""
+        for s in samples:
+            if s.source is None:
+                continue
+            for lo in range(0, len(s.indices), self.cfg.chunk_frames):
+                if s.status is not None:
+                    break
+                t0 = time.perf_counter()
+                at = s.indices[lo: lo + self.cfg.chunk_frames]
+                try:
+                    frames: Sequence[np.ndarray | str] | Exception = s.source.read(at)
+                except DECODE_ERRORS as err:
+                    frames = err
+                yield s, lo, frames, time.perf_counter() - t0
+                if isinstance(frames, Exception):
+                    break
+
+    def _decode(self, s: _Sample, lo: int, frames: Sequence[np.ndarray | str] | Exception,
+                pending: _Pending, budget: list[int]) -> None:
+        """One chunk of a sample's frames, from position ``lo``: keep full frames for the
+        crop pass while the batch's ``cache_mb`` lasts, and queue downscaled copies for
+        detection; a chunk that could not be read fails the sample."""
+        if s.status is not None:
+            return
+        if isinstance(frames, Exception):
+            last = min(lo + self.cfg.chunk_frames, len(s.indices)) - 1
+            s.fail("decode_error", f"reading frames {lo}..{last}: {_describe(frames)}")
+            return
+        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for pos, frame in enumerate(frames, start=lo):
+            if isinstance(frame, str):
+                s.frame_errors[pos] = frame
+                continue
+            s.shapes[pos] = (int(frame.shape[0]), int(frame.shape[1]))
+            by_shape[s.shapes[pos]].append(pos)
+            if frame.nbytes <= budget[0]:
+                s.frames[pos] = frame
+                budget[0] -= frame.nbytes
+        if s.media == "faces":
+            return  # pre-cropped: no detection
+        for members in by_shape.values():
+            if s.detected is not None:  # keyframe mode: keyframes first
+                self._thumbs(s, frames, [p - lo for p in members], members)
+                members = [p for p in members if p in s.detected]
+                if members and s.keyed is None:
+                    self._first_keyframe(s, frames, members[0] - lo, members[0])
+                    members = members[1:]
+            self._queue(s, frames, [p - lo for p in members], members, pending,
+                        keyframes=s.detected is not None)
 
     def _thumbs(self, s: _Sample, frames: Sequence[np.ndarray | str], picks: list[int],
                 positions: list[int]) -> None:

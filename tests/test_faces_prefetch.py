@@ -1,0 +1,95 @@
+"""Decoding ahead in a thread (faces.prefetch): the same items in the same order, errors
+raised where they happened, no thread left behind; the face stage's rows and crops are the
+same with it as without, failures included."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import pipeline  # noqa: F401  (torchvision fix before facenet-pytorch)
+from pipeline.faces.config import FacesConfig
+from pipeline.faces.decode import VideoSource
+from pipeline.faces.prefetch import prefetched
+from pipeline.faces.stage import FaceStage
+from tests.media import needs_shared_faces, shared_faces_dir
+from tests.test_faces_stage import manifest, one_thread  # noqa: F401  (autouse fixture)
+
+
+def _threads() -> int:
+    return sum(t.name == "autt-prefetch" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_prefetched_keeps_order_and_raises_in_place(depth):
+    with prefetched(range(20), depth) as items:
+        assert list(items) == list(range(20))
+
+    def broken():
+        yield from range(3)
+        raise KeyError("bad item")
+
+    seen = []
+    with pytest.raises(KeyError, match="bad item"), prefetched(broken(), depth) as items:
+        for item in items:
+            seen.append(item)
+    assert seen == [0, 1, 2] and _threads() == 0
+
+
+def test_leaving_early_stops_the_thread():
+    produced = []
+
+    def endless():
+        k = 0
+        while True:
+            produced.append(k)
+            yield k
+            k += 1
+
+    with prefetched(endless(), 2) as items:
+        for item in items:
+            if item == 5:
+                break
+    assert _threads() == 0 and len(produced) <= 5 + 1 + 2 + 1  # ahead by the depth at most
+    with pytest.raises(RuntimeError, match="caller"), prefetched(endless(), 2) as items:
+        next(items)
+        raise RuntimeError("the caller failed")
+    assert _threads() == 0
+
+
+@needs_shared_faces()
+def test_stage_rows_and_crops_are_the_same_with_prefetch(tmp_path, monkeypatch):
+    shared = shared_faces_dir()
+    data = (shared / "single_face.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "flaky.mp4").write_bytes(data)
+    batch = manifest(
+        {"sample_id": "single", "path": str(shared / "single_face.mp4"), "end": 1.5},
+        {"sample_id": "truncated", "path": str(tmp_path / "truncated.mp4")},
+        {"sample_id": "flaky", "path": str(tmp_path / "flaky.mp4"), "end": 1.5},
+        {"sample_id": "leaves", "path": str(shared / "face_noface.mov"), "start": 2.0,
+         "end": 3.0},
+    )
+    real = VideoSource.read
+
+    def flaky(self, indices):  # the decoder gives up on the second chunk of one file
+        if self.path.endswith("flaky.mp4") and min(indices) >= 8:
+            raise OSError("the disk went away")
+        return real(self, indices)
+
+    monkeypatch.setattr(VideoSource, "read", flaky)
+    base = {"sampling": "every_k", "every_k": 2, "detect_size": 160, "chunk_frames": 8,
+            "cache_mb": 1}
+    plain = FaceStage(FacesConfig(**base, prefetch="off"), num_threads=1)(batch)
+    ahead = FaceStage(FacesConfig(**base, prefetch="on"), num_threads=1)(batch)
+    assert set(plain) == set(ahead)
+    for column, values in plain.items():
+        if values.dtype.kind == "f":
+            np.testing.assert_array_equal(values, ahead[column], err_msg=column)
+        else:
+            assert values.tolist() == ahead[column].tolist(), column
+    flaky_rows = plain["status"][plain["sample_id"] == "flaky"]
+    assert set(flaky_rows) == {"decode_error"} and _threads() == 0
+    assert "reading frames 8..15: OSError: the disk went away" in set(plain["error"])
