@@ -36,7 +36,6 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,19 +43,20 @@ import torch
 from pipeline import faults, io
 from pipeline.faces import track as tracking
 from pipeline.faces.config import FacesConfig
-from pipeline.faces.decode import DECODE_ERRORS, FrameSource, open_source, sample_indices
+from pipeline.faces.decode import DECODE_ERRORS, open_source, sample_indices
 from pipeline.faces.detect import (
     DetectError,
     FaceDetector,
     FrameFaces,
     detect_shape,
     downscale,
-    keyframe_detection,
     resolve_device,
 )
+from pipeline.faces.keyframe_steps import KeyframeSteps
 from pipeline.faces.prefetch import prefetched
 from pipeline.faces.recrop import CROPPED, crop_pixels, recrop
 from pipeline.faces.rows import empty_rows, opt_float, opt_str, with_keys
+from pipeline.faces.sample import DetectKey, Pending, Read, Sample, describe, stack_frames
 from schemas.tables import FACES
 
 __all__ = ["OUTPUT_COLUMNS", "ROW_COLUMNS", "CropSink", "FaceStage", "recrop"]
@@ -65,45 +65,8 @@ ROW_COLUMNS = tuple(f.name for f in FACES if f.name != "crop")
 OUTPUT_COLUMNS = ROW_COLUMNS + ("crop_pixels",)
 _STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "filled",
                 tracking.CARRIED: "carried"}
-# queued frames by how they are detected: (source (h, w), detection (h, w), least face px)
-_DetectKey = tuple[tuple[int, int], tuple[int, int], float | None]
-_Pending = dict[_DetectKey, list[tuple["_Sample", int, torch.Tensor]]]
-# one chunk read: the sample, its first position, the frames (or the decoder's error), seconds
-_Read = tuple["_Sample", int, "Sequence[np.ndarray | str] | Exception", float]
 CropSink = Callable[[np.ndarray, np.ndarray], None]  # (row positions, uint8 crops)
-# Keyframe mode: every frame leaves a grey thumbnail of this longest side; a frame between
-# two agreeing keyframes whose face region differs from both by CHANGE_GREY grey levels more
-# than they differ from each other gets the frames between them detected (track.hidden_change)
-THUMB_SIDE = 64
-CHANGE_GREY = 8.0
-
-
-@dataclass
-class _Sample:
-    row: int
-    media: str
-    source: FrameSource | None = None
-    status: str | None = None  # a failure of the whole sample: decode_error | detect_error
-    error: str | None = None
-    indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    frame_errors: dict[int, str] = field(default_factory=dict)  # position -> message
-    shapes: dict[int, tuple[int, int]] = field(default_factory=dict)  # position -> (h, w)
-    dets: dict[int, FrameFaces] = field(default_factory=dict)
-    frames: dict[int, np.ndarray] = field(default_factory=dict)  # full frames kept for crops
-    detected: set[int] | None = None  # keyframe mode: positions detected on (None: all)
-    keyed: _DetectKey | None = None  # keyframe mode: how later keyframes are detected
-    shrunk: set[int] = field(default_factory=set)  # keyframes detected smaller than detect_size
-    thumbs: dict[int, np.ndarray] = field(default_factory=dict)  # keyframe mode: grey (h, w)
-
-    def fail(self, status: str, error: str) -> None:
-        if self.status is None:  # the first cause is the one to report
-            self.status, self.error = status, error
-        self.dets.clear()
-        self.frames.clear()
-        self.thumbs.clear()
-
-
-class FaceStage:
+class FaceStage(KeyframeSteps):
     """Decode -> detect -> track -> crop over a batch of manifest rows."""
 
     def __init__(self, cfg: FacesConfig, num_threads: int | None = None) -> None:
@@ -148,7 +111,7 @@ class FaceStage:
         (none are made without one)."""
         self._set_threads()
         n = len(batch["sample_id"])
-        pending: _Pending = {}
+        pending: Pending = {}
         budget = [self.cfg.cache_mb * 2**20]
         parts = []
         with contextlib.ExitStack() as stack:  # remote media stay copied until cropped
@@ -178,9 +141,9 @@ class FaceStage:
             parts = [with_keys(empty_rows(0), batch, 0)]
         return {c: np.concatenate([p[c] for p in parts]) for c in ROW_COLUMNS}
 
-    def _open(self, batch: dict[str, np.ndarray], i: int, stack: contextlib.ExitStack) -> _Sample:
+    def _open(self, batch: dict[str, np.ndarray], i: int, stack: contextlib.ExitStack) -> Sample:
         t0 = time.perf_counter()
-        sample = _Sample(row=i, media=str(batch["media"][i]))
+        sample = Sample(row=i, media=str(batch["media"][i]))
         try:
             local = stack.enter_context(io.local_path(str(batch["path"][i])))
             sample.source = open_source(local, sample.media, self.cfg, self.num_threads or 0)
@@ -195,11 +158,11 @@ class FaceStage:
                                                          self.cfg.keyframe_every).tolist())
         except DECODE_ERRORS as err:
             sample.source = None
-            sample.status, sample.error = "decode_error", _describe(err)
+            sample.status, sample.error = "decode_error", describe(err)
         self.seconds["decode"] += time.perf_counter() - t0
         return sample
 
-    def _read(self, s: _Sample, positions: Sequence[int]) -> Sequence[np.ndarray | str] | None:
+    def _read(self, s: Sample, positions: Sequence[int]) -> Sequence[np.ndarray | str] | None:
         """The frames at these positions of the sample; None (and the sample failed) when
         the decoder raises instead of reporting bad frames."""
         assert s.source is not None
@@ -207,10 +170,10 @@ class FaceStage:
             return s.source.read(s.indices[np.asarray(positions, dtype=np.int64)])
         except DECODE_ERRORS as err:
             s.fail("decode_error", f"reading frames {positions[0]}..{positions[-1]}: "
-                                   f"{_describe(err)}")
+                                   f"{describe(err)}")
             return None
 
-    def _reads(self, samples: list[_Sample]) -> Iterator[_Read]:
+    def _reads(self, samples: list[Sample]) -> Iterator[Read]:
         """Every opened sample's frames a chunk at a time, in order (possibly in another
         thread: ``faces.prefetch``); a chunk the decoder raises on comes as the error, and
         ends that sample's reads."""
@@ -230,8 +193,8 @@ class FaceStage:
                 if isinstance(frames, Exception):
                     break
 
-    def _decode(self, s: _Sample, lo: int, frames: Sequence[np.ndarray | str] | Exception,
-                pending: _Pending, budget: list[int]) -> None:
+    def _decode(self, s: Sample, lo: int, frames: Sequence[np.ndarray | str] | Exception,
+                pending: Pending, budget: list[int]) -> None:
         """One chunk of a sample's frames, from position ``lo``: keep full frames for the
         crop pass while the batch's ``cache_mb`` lasts, and queue downscaled copies for
         detection; a chunk that could not be read fails the sample."""
@@ -239,7 +202,7 @@ class FaceStage:
             return
         if isinstance(frames, Exception):
             last = min(lo + self.cfg.chunk_frames, len(s.indices)) - 1
-            s.fail("decode_error", f"reading frames {lo}..{last}: {_describe(frames)}")
+            s.fail("decode_error", f"reading frames {lo}..{last}: {describe(frames)}")
             return
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for pos, frame in enumerate(frames, start=lo):
@@ -263,55 +226,8 @@ class FaceStage:
             self._queue(s, frames, [p - lo for p in members], members, pending,
                         keyframes=s.detected is not None)
 
-    def _thumbs(self, s: _Sample, frames: Sequence[np.ndarray | str], picks: list[int],
-                positions: list[int]) -> None:
-        """Keyframe mode: the grey thumbnails of decoded frames (one source size)."""
-        t0 = time.perf_counter()
-        shape = detect_shape(*s.shapes[positions[0]], THUMB_SIDE)
-        small = downscale(_stack(frames, picks), shape, torch.device("cpu")).numpy()
-        grey = small.mean(axis=-1, dtype=np.float32).round().astype(np.uint8)
-        s.thumbs.update(zip(positions, grey, strict=True))
-        self.seconds["detect"] += time.perf_counter() - t0
-
-    def _changed_between(self, s: _Sample, a: int, b: int) -> bool:
-        """Whether the thumbnails say that something happened between the agreeing
-        keyframes a and b (``track.hidden_change`` over their faces' region)."""
-        near = [s.thumbs.get(t) for t in range(a, b + 1)]
-        if any(t is None for t in near) or len({t.shape for t in near}) > 1:
-            return True  # an undecodable frame or another size between them: look
-        region = (slice(None), slice(None))
-        boxes = [f.boxes for f in (s.dets[a], s.dets[b]) if len(f)]
-        if boxes:
-            scale = near[0].shape[0] / s.shapes[a][0]
-            stacked = np.concatenate(boxes) * scale
-            x1, y1 = np.floor(stacked[:, :2].min(axis=0)).astype(int)
-            x2, y2 = np.ceil(stacked[:, 2:].max(axis=0)).astype(int)
-            region = (slice(max(y1, 0), max(y2 + 1, 1)), slice(max(x1, 0), max(x2 + 1, 1)))
-        crops = [t[region] for t in near]
-        return crops[0].size > 0 and tracking.hidden_change(crops, CHANGE_GREY)
-
-    def _first_keyframe(self, s: _Sample, frames: Sequence[np.ndarray | str], pick: int,
-                        pos: int) -> None:
-        """Keyframe mode: detect the sample's first keyframe at once, at ``detect_size``, and
-        choose how its later keyframes (of that source size) are detected: with
-        ``keyframe_shrink`` at the size that still shows its faces (``keyframe_detection``)."""
-        t0 = time.perf_counter()
-        src_hw = s.shapes[pos]
-        full = detect_shape(*src_hw, self.cfg.detect_size)
-        small = downscale(_stack(frames, [pick]), full, self.device, exact=self._exact)
-        try:
-            found = self.detector.detect_small(small, src_hw)[0]
-        except DetectError as err:
-            s.fail("detect_error", str(err))
-        else:
-            s.dets[pos] = found
-            shape, least = (keyframe_detection(found, src_hw, self.cfg.detect_size)
-                            if self.cfg.keyframe_shrink else (full, None))
-            s.keyed = (src_hw, shape, least)
-        self.seconds["detect"] += time.perf_counter() - t0
-
-    def _queue(self, s: _Sample, frames: Sequence[np.ndarray | str], picks: list[int],
-               positions: list[int], pending: _Pending, keyframes: bool = False) -> None:
+    def _queue(self, s: Sample, frames: Sequence[np.ndarray | str], picks: list[int],
+               positions: list[int], pending: Pending, keyframes: bool = False) -> None:
         """Downscale the decoded frames ``frames[picks]`` (one source size) of the sample's
         ``positions`` and queue them for detection, detecting once a batch is full. Later
         keyframes of the first keyframe's size are detected as it chose (``s.keyed``)."""
@@ -319,76 +235,23 @@ class FaceStage:
             return
         t0 = time.perf_counter()
         src_hw = s.shapes[positions[0]]
-        key: _DetectKey = (src_hw, detect_shape(*src_hw, self.cfg.detect_size), None)
+        key: DetectKey = (src_hw, detect_shape(*src_hw, self.cfg.detect_size), None)
         if keyframes and s.keyed is not None and s.keyed[0] == src_hw and s.keyed != key:
             key = s.keyed
             s.shrunk.update(positions)
-        small = downscale(_stack(frames, picks), key[1], self.device, exact=self._exact)
+        small = downscale(stack_frames(frames, picks), key[1], self.device, exact=self._exact)
         self.seconds["detect"] += time.perf_counter() - t0
         queue = pending.setdefault(key, [])
         queue.extend((s, p, small[j]) for j, p in enumerate(positions))
         if len(queue) >= self.cfg.detect_batch:
             self._flush(pending, key)
 
-    def _unshrink(self, s: _Sample, pending: _Pending) -> None:
-        """Keyframe mode, once the keyframes are detected: from the first keyframe detected
-        at the reduced size that finds fewer faces than the keyframe before it (the face
-        left, or shrank below what that size shows), queue that one and every later reduced
-        keyframe for detection at ``detect_size`` (a face that stays small would otherwise
-        be missed on all of them, and the frames between them carried as faceless)."""
-        assert s.detected is not None
-        keys = sorted(s.detected)
-        for a, b in zip(keys[:-1], keys[1:], strict=False):
-            before, after = self._found(s, a), self._found(s, b)
-            if b in s.shrunk and before is not None and after is not None \
-                    and len(after) < len(before):
-                self._detect_again(s, [k for k in keys if k >= b and k in s.shrunk], pending)
-                return
-
-    def _between(self, s: _Sample, pending: _Pending) -> None:
-        """Keyframe mode, once the keyframes are detected: queue the frames between two
-        keyframes whose faces disagree (``tracking.agree``), or between which a thumbnail
-        differs from both (``_changed_between``), for detection, from the kept frames or
-        decoded again; the frames between the other keyframes stay skipped."""
-        assert s.detected is not None
-        keys = sorted(s.detected)
-        redo = [t for a, b in zip(keys[:-1], keys[1:], strict=False) if b - a > 1
-                and (not tracking.agree(self._found(s, a), self._found(s, b),
-                                        self.cfg.keyframe_iou)
-                     or self._changed_between(s, a, b))
-                for t in range(a + 1, b)]
-        s.thumbs.clear()  # used up: the batch's other samples need the memory
-        s.detected.update(redo)
-        self._detect_again(s, redo, pending)
-
-    def _detect_again(self, s: _Sample, redo: list[int], pending: _Pending) -> None:
-        """Queue these positions for detection at ``detect_size``, from the kept frames or
-        decoded again (a frame that no longer decodes becomes a frame error)."""
-        for lo in range(0, len(redo), self.cfg.chunk_frames):
-            part = redo[lo: lo + self.cfg.chunk_frames]
-            missing = [p for p in part if p not in s.frames]
-            t0 = time.perf_counter()
-            read = self._read(s, missing) if missing else []
-            self.seconds["decode"] += time.perf_counter() - t0
-            if read is None:
-                return
-            again = dict(zip(missing, read, strict=True))
-            frames = [s.frames[p] if p in s.frames else again[p] for p in part]
-            by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-            for j, (pos, frame) in enumerate(zip(part, frames, strict=True)):
-                if isinstance(frame, str):  # decoded in the first pass but not now
-                    s.frame_errors[pos] = f"re-decode failed: {frame}"
-                else:
-                    by_shape[s.shapes[pos]].append(j)
-            for picks in by_shape.values():
-                self._queue(s, frames, picks, [part[j] for j in picks], pending)
-
     @staticmethod
-    def _found(s: _Sample, pos: int) -> FrameFaces | None:
+    def _found(s: Sample, pos: int) -> FrameFaces | None:
         """The faces detected on a frame; None when it could not be decoded or detected."""
         return None if pos in s.frame_errors else s.dets.get(pos)
 
-    def _flush(self, pending: _Pending, key: _DetectKey) -> None:
+    def _flush(self, pending: Pending, key: DetectKey) -> None:
         """Detect on one size's queued frames; when the pooled call fails, each sample in
         it is tried alone, and a sample that still fails gets ``detect_error``."""
         src_hw, _, least = key
@@ -415,7 +278,7 @@ class FaceStage:
                 break
         self.seconds["detect"] += time.perf_counter() - t0
 
-    def _rows(self, batch: dict[str, np.ndarray], s: _Sample, sink: CropSink | None,
+    def _rows(self, batch: dict[str, np.ndarray], s: Sample, sink: CropSink | None,
               offset: int) -> dict[str, np.ndarray]:
         if s.source is None:
             out = empty_rows(1)
@@ -460,7 +323,7 @@ class FaceStage:
             out["box"][pos], out["landmarks"][pos], out["prob"][pos] = np.nan, np.nan, np.nan
         return with_keys(out, batch, s.row)
 
-    def _crop_all(self, out: dict[str, np.ndarray], s: _Sample, sink: CropSink,
+    def _crop_all(self, out: dict[str, np.ndarray], s: Sample, sink: CropSink,
                   offset: int) -> None:
         """Crops of the rows marked ok/filled/carried, ``chunk_frames`` at a time in row order, to
         the sink: from kept frames, else re-decoded. Frames of other rows are never cropped."""
@@ -487,15 +350,3 @@ class FaceStage:
                 crops[j] = crop_pixels(frame, out["box"][pos], out["landmarks"][pos], s.media,
                                        self.cfg)
             sink(offset + part[made], crops if made.all() else crops[made])
-
-
-def _stack(frames: Sequence[np.ndarray | str], picks: list[int]) -> np.ndarray:
-    """The picked frames as one (k, H, W, 3) array: the decoder's own array when it is
-    exactly that, else one copy."""
-    if isinstance(frames, np.ndarray) and picks == list(range(len(frames))):
-        return frames
-    return np.stack([frames[p] for p in picks])  # type: ignore[misc]
-
-
-def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).strip()}"
