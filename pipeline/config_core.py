@@ -24,6 +24,10 @@ class ConfigError(ValueError):
     """A configuration key or value is invalid."""
 
 
+# the words YAML 1.1 reads as booleans (safe_load), by the boolean they become
+_BOOL_WORDS = {True: ("on", "yes", "y", "true"), False: ("off", "no", "n", "false")}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -39,6 +43,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {inner}")
     if origin is Literal:
+        if isinstance(value, bool) and value not in args:
+            # YAML 1.1 reads on/off/yes/no unquoted as booleans: take back the field's word
+            words = [a for a in args if isinstance(a, str) and a.lower() in _BOOL_WORDS[value]]
+            if len(words) == 1:
+                value = words[0]
         if value not in args:
             raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
         return value

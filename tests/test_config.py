@@ -37,6 +37,19 @@ def test_bad_keys_and_values_name_themselves(override, message):
     assert message in str(exc.value)
 
 
+@pytest.mark.parametrize("word, value", [("off", "off"), ("on", "on"), ("auto", "auto"),
+                                         ("yes", "on"), ("'off'", "off")])
+def test_on_off_words_that_yaml_reads_as_booleans_stay_words(word, value, tmp_path):
+    assert load_config(None, [f"faces.prefetch={word}"]).faces.prefetch == value
+    path = tmp_path / "c.yaml"
+    path.write_text(f"faces:\n  prefetch: {word}\n")
+    assert load_config(str(path)).faces.prefetch == value
+    with pytest.raises(ConfigError, match="faces.prefetch must be one of .* got 'maybe'"):
+        load_config(None, ["faces.prefetch=maybe"])
+    with pytest.raises(ConfigError, match="run.executor must be one of .* got True"):
+        load_config(None, ["run.executor=on"])  # no word of that field means true
+
+
 def test_bare_key_shorthand_resolves_unique_fields():
     assert load_config(None, ["root=/data/x"]).ingest.root == "/data/x"
     with pytest.raises(ConfigError, match="needs a section"):
