@@ -138,3 +138,36 @@ def test_a_decoder_failing_in_the_crop_pass_costs_that_sample(media, monkeypatch
     assert set(rows_of(out, "face")["status"]) <= FACE
     assert set(rows_of(out, "face2")["status"]) == {"decode_error"}
     assert np.concatenate(got).tolist() == list(range(6))  # crops of face only
+
+
+def test_an_undecodable_frame_is_read_once_and_keeps_its_own_error(media, monkeypatch):
+    """A frame the first pass could not decode is neither decoded again for detection nor
+    for its crop: its row says why it failed, not 're-decode failed'."""
+    real = VideoSource.read
+    asked: list[int] = []
+
+    def one_bad(self, indices):
+        asked.extend(int(i) for i in indices)
+        return [f"frame {i}: broken packet" if int(i) == 2 else f
+                for i, f in zip(indices, real(self, indices), strict=True)]
+
+    monkeypatch.setattr(VideoSource, "read", one_bad)
+    for prefetch in ("off", "on"):
+        asked.clear()
+        out = FaceStage(FacesConfig(cache_mb=0, prefetch=prefetch), num_threads=1)(
+            batch(face=media["face"]))
+        rows = rows_of(out, "face")
+        assert rows["status"][2] == "bad_frame" and rows["error"][2] == "frame 2: broken packet"
+        assert asked.count(2) == 1 and set(rows["status"][[0, 1, 3, 4, 5]]) <= FACE
+
+
+def test_decoder_errors_leave_out_the_decoders_clock():
+    """decord's messages start with the wall-clock time: rows of two runs would differ."""
+    from decord._ffi.base import DECORDError
+
+    from pipeline.faces.sample import describe
+
+    err = DECORDError("[17:20:40] /github/workspace/src/video/video_reader.cc:486: "
+                      "Error: av_read_frame failed with 1094995529")
+    assert describe(err) == "DECORDError: Error: av_read_frame failed with 1094995529"
+    assert describe(OSError("[12:00:00] is data")) == "OSError: [12:00:00] is data"

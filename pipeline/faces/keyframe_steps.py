@@ -140,6 +140,7 @@ class KeyframeSteps:
     def _detect_again(self, s: Sample, redo: list[int], pending: Pending) -> None:
         """Queue these positions for detection at ``detect_size``, from the kept frames or
         decoded again (a frame that no longer decodes becomes a frame error)."""
+        redo = [p for p in redo if p not in s.frame_errors]  # failed once: no second read
         for lo in range(0, len(redo), self.cfg.chunk_frames):
             part = redo[lo: lo + self.cfg.chunk_frames]
             missing = [p for p in part if p not in s.frames]

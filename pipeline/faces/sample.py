@@ -8,6 +8,7 @@ helpers, ``stack_frames`` and ``describe``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -59,5 +60,10 @@ def stack_frames(frames: Sequence[np.ndarray | str], picks: list[int]) -> np.nda
     return np.stack([frames[p] for p in picks])  # type: ignore[misc]
 
 
+# decord's (dmlc) log prefix: "[17:20:40] /github/workspace/src/video/video_reader.cc:486: "
+# (the wall-clock time would make two runs' error rows differ)
+_DMLC_PREFIX = re.compile(r"^\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
+
+
 def describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).strip()}"
+    return f"{type(err).__name__}: {_DMLC_PREFIX.sub('', str(err).strip())}"

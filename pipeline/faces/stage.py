@@ -328,6 +328,7 @@ class FaceStage(KeyframeSteps):
         """Crops of the rows marked ok/filled/carried, ``chunk_frames`` at a time in row order, to
         the sink: from kept frames, else re-decoded. Frames of other rows are never cropped."""
         todo = np.flatnonzero(np.isin(out["status"], CROPPED))
+        todo = todo[np.array([int(p) not in s.frame_errors for p in todo], dtype=bool)]
         size = self.cfg.crop_size
         for lo in range(0, len(todo), self.cfg.chunk_frames):
             part = todo[lo: lo + self.cfg.chunk_frames]
