@@ -46,6 +46,36 @@ def test_mtcnn_on_cuda_finds_the_faces_the_cpu_finds():
     assert abs(float(cpu.probs[0]) - float(gpu.probs[0])) <= 1e-3
 
 
+def test_face_stage_on_cuda_matches_cpu():
+    """The whole face stage with its defaults (keyframes, decode prefetch on with a GPU):
+    the same faces on the same frames as on the CPU, boxes within a few pixels (float
+    downscaling on the GPU against uint8 on the CPU), crops alike."""
+    from tests.media import shared_faces_dir
+
+    folder = shared_faces_dir()
+    if not (folder / "single_face.mp4").exists():
+        pytest.skip("shared media missing")
+    from pipeline.faces.config import FacesConfig
+    from pipeline.faces.stage import FaceStage
+    from pipeline.faces.track import iou
+    from tests.test_faces_stage import manifest
+
+    batch = manifest({"sample_id": "single", "path": str(folder / "single_face.mp4")},
+                     {"sample_id": "leaves", "path": str(folder / "face_noface.mov"),
+                      "start": 1.6, "end": 3.6})
+    cpu = FaceStage(FacesConfig(device="cpu"))(batch)
+    gpu_stage = FaceStage(FacesConfig(device="cuda"))
+    assert gpu_stage._prefetch == 1  # auto: on with a GPU
+    gpu = gpu_stage(batch)
+    with_face = lambda out: np.isin(out["status"], ["ok", "filled", "carried"])  # noqa: E731
+    assert (with_face(cpu) == with_face(gpu)).mean() >= 0.98
+    both = np.flatnonzero(with_face(cpu) & with_face(gpu))
+    overlap = np.array([iou(cpu["box"][i], gpu["box"][i])[0, 0] for i in both])
+    assert overlap.mean() >= 0.95
+    diff = np.abs(cpu["crop_pixels"][both].astype(int) - gpu["crop_pixels"][both])
+    assert diff.mean() <= 8  # grey levels: the same face, boxes a pixel or two apart
+
+
 def test_clip_autt_on_cuda_matches_cpu_and_batches_by_memory():
     from pipeline.adapt.autt import CLIPAUTT, SubjectInputs
     from pipeline.adapt.budget import subjects_per_forward
