@@ -33,7 +33,7 @@ class FacesConfig:
     cache_mb: int = 256  # full frames kept per batch for the crop pass; beyond: re-decode
     detect_size: int = 320  # longest side of the frames MTCNN sees (never upscaled)
     detect_batch: int = 32  # equal-size frames per MTCNN call
-    # every: MTCNN on each sampled frame; keyframe (default, ~4x faster): on every
+    # every: MTCNN on each sampled frame; keyframe (default, 3-5x faster): on every
     # keyframe_every-th sampled frame (and the last), the face carried between two keyframes
     # that agree, the frames between two that disagree (keyframe_iou), or between which a
     # frame looks like neither (a thumbnail of the face region), detected too
