@@ -93,3 +93,31 @@ def test_stage_rows_and_crops_are_the_same_with_prefetch(tmp_path, monkeypatch):
     flaky_rows = plain["status"][plain["sample_id"] == "flaky"]
     assert set(flaky_rows) == {"decode_error"} and _threads() == 0
     assert "reading frames 8..15: OSError: the disk went away" in set(plain["error"])
+
+
+@needs_shared_faces()
+@pytest.mark.parametrize("prefetch", ["off", "on"])
+def test_a_shard_of_many_samples_holds_few_decoders_open(monkeypatch, prefetch):
+    """Each sample's decoder is let go once its frames are read (and after re-reads for
+    crops beyond the frame cache), so the open file handles do not grow with the shard."""
+    import weakref
+
+    alive: weakref.WeakSet = weakref.WeakSet()
+    most = [0]
+    real = VideoSource._open
+
+    def counted(self):
+        reader = real(self)
+        alive.add(reader)
+        most[0] = max(most[0], len(alive))
+        return reader
+
+    monkeypatch.setattr(VideoSource, "_open", counted)
+    clip = str(shared_faces_dir() / "single_face.mp4")
+    batch = manifest(*({"sample_id": f"w{k}", "path": clip, "start": 0.1 * k, "end": 0.1 * k + 0.5}
+                       for k in range(10)))
+    cfg = FacesConfig(sampling="every_k", every_k=2, detect_size=160, cache_mb=0,
+                      prefetch=prefetch)
+    out = FaceStage(cfg, num_threads=1)(batch)
+    assert set(out["status"]) <= {"ok", "carried", "filled"} and len(set(out["sample_id"])) == 10
+    assert most[0] <= 3, most[0]  # one being read, one read ahead, one re-read for crops

@@ -147,6 +147,10 @@ class FrameSource:
     def read(self, indices: Sequence[int]) -> Sequence[np.ndarray | str]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Let go of the open decoder (its file handles and threads); a later ``read``
+        opens it again. Files that are read whole per call hold nothing."""
+
     def chunks(self, indices: Sequence[int], size: int) -> Iterator[Sequence[np.ndarray | str]]:
         """``read`` in chunks of ``size`` frames, so memory stays bounded."""
         for lo in range(0, len(indices), size):
@@ -157,7 +161,7 @@ class VideoSource(FrameSource):
     def __init__(self, path: str, num_threads: int = 0) -> None:
         self.path = path
         self.num_threads = num_threads
-        self._vr = self._open()
+        self._vr: VideoReader | None = self._open()
         self.timestamps = self._vr.get_frame_timestamp(np.arange(len(self._vr)))[:, 0].astype(
             np.float64
         )
@@ -165,10 +169,15 @@ class VideoSource(FrameSource):
     def _open(self) -> VideoReader:
         return VideoReader(self.path, ctx=cpu(0), num_threads=self.num_threads)
 
+    def close(self) -> None:
+        self._vr = None  # decord closes the file and stops its threads when the reader goes
+
     def read(self, indices: Sequence[int]) -> Sequence[np.ndarray | str]:
         idx = [int(i) for i in indices]
         if not idx:
             return []
+        if self._vr is None:
+            self._vr = self._open()
         try:
             frames = self._vr.get_batch(idx).asnumpy()  # (N, H, W, 3): frames are its rows
             # After a batch, decord's decoder thread keeps decoding the rest of the file into

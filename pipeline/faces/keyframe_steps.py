@@ -159,3 +159,5 @@ class KeyframeSteps:
                     by_shape[s.shapes[pos]].append(j)
             for picks in by_shape.values():
                 self._queue(s, frames, picks, [part[j] for j in picks], pending)
+        if s.source is not None:
+            s.source.close()  # read again only for these: let the decoder go

@@ -21,8 +21,9 @@ from pipeline.faces.detect import FrameFaces
 # queued frames by how they are detected: (source (h, w), detection (h, w), least face px)
 DetectKey = tuple[tuple[int, int], tuple[int, int], float | None]
 Pending = dict[DetectKey, list[tuple["Sample", int, torch.Tensor]]]
-# one chunk read: the sample, its first position, the frames (or the decoder's error), seconds
-Read = tuple["Sample", int, "Sequence[np.ndarray | str] | Exception", float]
+# one step of reading: the sample, its first position, the frames (or the decoder's error),
+# seconds; (sample, -1, None, seconds) when the sample was opened
+Read = tuple["Sample", int, "Sequence[np.ndarray | str] | Exception | None", float]
 
 
 @dataclass

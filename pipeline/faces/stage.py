@@ -110,20 +110,18 @@ class FaceStage(KeyframeSteps):
         """The face rows of a batch (ROW_COLUMNS); crops of ok/filled/carried rows go to ``sink``
         (none are made without one)."""
         self._set_threads()
-        n = len(batch["sample_id"])
         pending: Pending = {}
         budget = [self.cfg.cache_mb * 2**20]
         parts = []
         with contextlib.ExitStack() as stack:  # remote media stay copied until cropped
             samples = []
-            for i in range(n):
-                if i == n // 2:
-                    faults.maybe_fail("mid_shard", str(batch["shard_id"][i]))
-                samples.append(self._open(batch, i, stack))
-            with prefetched(self._reads(samples), self._prefetch) as reads:
+            with prefetched(self._reads(batch, stack), self._prefetch) as reads:
                 for sample, lo, frames, seconds in reads:
                     self.seconds["decode"] += seconds
-                    self._decode(sample, lo, frames, pending, budget)
+                    if frames is None:  # opened (or not: a decode_error sample)
+                        samples.append(sample)
+                    else:
+                        self._decode(sample, lo, frames, pending, budget)
             for key in list(pending):
                 self._flush(pending, key)
             if self.cfg.detect_mode == "keyframe":
@@ -142,7 +140,6 @@ class FaceStage(KeyframeSteps):
         return {c: np.concatenate([p[c] for p in parts]) for c in ROW_COLUMNS}
 
     def _open(self, batch: dict[str, np.ndarray], i: int, stack: contextlib.ExitStack) -> Sample:
-        t0 = time.perf_counter()
         sample = Sample(row=i, media=str(batch["media"][i]))
         try:
             local = stack.enter_context(io.local_path(str(batch["path"][i])))
@@ -159,7 +156,6 @@ class FaceStage(KeyframeSteps):
         except DECODE_ERRORS as err:
             sample.source = None
             sample.status, sample.error = "decode_error", describe(err)
-        self.seconds["decode"] += time.perf_counter() - t0
         return sample
 
     def _read(self, s: Sample, positions: Sequence[int]) -> Sequence[np.ndarray | str] | None:
@@ -173,11 +169,21 @@ class FaceStage(KeyframeSteps):
                                    f"{describe(err)}")
             return None
 
-    def _reads(self, samples: list[Sample]) -> Iterator[Read]:
-        """Every opened sample's frames a chunk at a time, in order (possibly in another
-        thread: ``faces.prefetch``); a chunk the decoder raises on comes as the error, and
-        ends that sample's reads."""
-        for s in samples:
+    def _reads(self, batch: dict[str, np.ndarray], stack: contextlib.ExitStack
+               ) -> Iterator[Read]:
+        """Open the batch's samples one after another and read each one's frames a chunk at
+        a time (possibly in another thread: ``faces.prefetch``): (sample, -1, None,
+        seconds) for its opening, then (sample, first position, frames, seconds) per chunk,
+        where a chunk the decoder raises on comes as the error and ends that sample's reads.
+        A sample's decoder is let go once its frames are read (re-reads open it again), so
+        a shard of many samples never holds more than a couple open."""
+        n = len(batch["sample_id"])
+        for i in range(n):
+            if i == n // 2:
+                faults.maybe_fail("mid_shard", str(batch["shard_id"][i]))
+            t0 = time.perf_counter()
+            s = self._open(batch, i, stack)
+            yield s, -1, None, time.perf_counter() - t0
             if s.source is None:
                 continue
             for lo in range(0, len(s.indices), self.cfg.chunk_frames):
@@ -192,6 +198,7 @@ class FaceStage(KeyframeSteps):
                 yield s, lo, frames, time.perf_counter() - t0
                 if isinstance(frames, Exception):
                     break
+            s.source.close()
 
     def _decode(self, s: Sample, lo: int, frames: Sequence[np.ndarray | str] | Exception,
                 pending: Pending, budget: list[int]) -> None:
@@ -311,6 +318,7 @@ class FaceStage(KeyframeSteps):
         if s.status is None and sink is not None:
             t0 = time.perf_counter()
             self._crop_all(out, s, sink, offset)
+            s.source.close()
             self.seconds["crop"] += time.perf_counter() - t0
         s.frames.clear()
         s.dets.clear()
