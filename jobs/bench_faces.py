@@ -92,7 +92,7 @@ def bench_clip(stage: FaceStage, path: str, frames: int) -> dict[str, float | st
     return {"clip": Path(path).name, "size": f"{w}x{h}", "frames": len(idx),
             "faces": sum(len(f) > 0 for f in found), "ok": int((out["status"] == "ok").sum()),
             "decode": len(idx) / t_decode, "detect": len(images) / t_detect,
-            "stage": len(idx) / t_stage, "rows": out}
+            "stage": len(idx) / t_stage}
 
 
 def demo_clips(folder: str, count: int) -> list[str]:

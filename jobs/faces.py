@@ -49,7 +49,9 @@ def plan_faces(ws: Workspace, fps: dict[str, Fingerprint], **kw) -> Plan:
     try:
         return plan(ws, "faces", fps, failure_statuses=FAILED, **kw)
     except StageChanged as err:
-        raise StageChanged(legacy_hint(str(err))) from None
+        done = kw.get("done") or ws.markers("faces")
+        wanted = next(iter(fps.values())).config
+        raise StageChanged(f"{err}{legacy_hint(done, wanted)}") from None
 
 
 def run(cfg: Config, run_id: str) -> StageRun:

@@ -23,7 +23,6 @@ from pipeline.faces.config import FacesConfig
 from pipeline.faces.detect import (
     DetectError,
     FaceDetector,
-    FrameFaces,
     detect_shape,
     downscale,
     keyframe_detection,
@@ -38,26 +37,14 @@ CHANGE_GREY = 8.0
 
 
 class KeyframeSteps:
-    """Keyframe-mode methods of ``FaceStage``; they use the stage's detector, settings,
-    queue and reader (``_queue``, ``_read`` and ``_found`` below are ``FaceStage``'s: the
-    declarations only name what these steps call)."""
+    """Keyframe-mode methods of ``FaceStage``; they use the stage's detector, settings and
+    its ``_queue``, ``_read`` and ``_found``."""
 
     cfg: FacesConfig
     detector: FaceDetector
     device: torch.device
     seconds: dict[str, float]
     _exact: bool
-
-    def _queue(self, s: Sample, frames: Sequence[np.ndarray | str], picks: list[int],
-               positions: list[int], pending: Pending, keyframes: bool = False) -> None:
-        raise NotImplementedError
-
-    def _read(self, s: Sample, positions: Sequence[int]) -> Sequence[np.ndarray | str] | None:
-        raise NotImplementedError
-
-    @staticmethod
-    def _found(s: Sample, pos: int) -> FrameFaces | None:
-        raise NotImplementedError
 
     def _thumbs(self, s: Sample, frames: Sequence[np.ndarray | str], picks: list[int],
                 positions: list[int]) -> None:

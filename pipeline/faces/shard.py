@@ -83,14 +83,17 @@ def crop_fingerprint(cfg: FacesConfig) -> dict:
     return {k: v for k, v in values.items() if k not in _legacy(values)}
 
 
-def legacy_hint(message: str) -> str:
-    """A refusal to mix tables (``StageChanged``), with the settings that keep using them
-    added where they were made before settings of LEGACY_VALUES existed."""
-    older = [k for k in LEGACY_VALUES if f"faces.{k}: '<absent>'" in message]
+def legacy_hint(done: dict[str, dict], wanted: dict) -> str:
+    """Advice for a refusal to mix tables: the settings that keep using done faces shards
+    made before settings of LEGACY_VALUES existed ('' when no done marker lacks a setting
+    that the wanted fingerprint config ``wanted`` names)."""
+    made = [m["config"].get("faces", {}) for m in done.values()]
+    older = [k for k in LEGACY_VALUES if k in wanted.get("faces", {})
+             and any(k not in faces for faces in made)]
     if not older:
-        return message
+        return ""
     keep = " ".join(f"faces.{k}={v}" for k, v in LEGACY_VALUES.items())
-    return (f"{message} (They were made before faces.{' and faces.'.join(older)} existed: "
+    return (f" (They were made before faces.{' and faces.'.join(older)} existed: "
             f"`{keep}` keeps using them as they are.)")
 
 
