@@ -2,7 +2,8 @@
 
 In: nothing (definitions only). Out: ``Sample`` (what the stage knows of one manifest row
 while it decodes, detects and tracks it), ``DetectKey`` / ``Pending`` (frames queued for
-MTCNN by how they are detected), ``Read`` (one chunk as the reader hands it over), and two
+MTCNN by how they are detected), ``Read`` (one chunk as the reader hands it over, or a
+``ReadFailed``), and two
 helpers, ``stack_frames`` and ``describe``.
 """
 
@@ -23,7 +24,15 @@ DetectKey = tuple[tuple[int, int], tuple[int, int], float | None]
 Pending = dict[DetectKey, list[tuple["Sample", int, torch.Tensor]]]
 # one step of reading: the sample, its first position, the frames (or the decoder's error),
 # seconds; (sample, -1, None, seconds) when the sample was opened
-Read = tuple["Sample", int, "Sequence[np.ndarray | str] | Exception | None", float]
+Read = tuple["Sample", int, "Sequence[np.ndarray | str] | ReadFailed | None", float]
+
+
+@dataclass(frozen=True)
+class ReadFailed:
+    """The decoder raised on the frames read from a chunk's first position to ``last``."""
+
+    last: int
+    error: BaseException
 
 
 @dataclass

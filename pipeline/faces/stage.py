@@ -21,13 +21,14 @@ a pooled call fails, each sample is retried alone so that only the bad one fails
 detected while decoding: a sample's first at once at ``detect_size``, the later ones (with
 ``keyframe_shrink``) at the size that still shows its faces (``detect.keyframe_detection``;
 from the first that finds fewer faces than the keyframe before it on, at ``detect_size``
-again, ``_unshrink``), and every decoded frame leaves a grey thumbnail. Once they are, the frames between two
-keyframes that disagree (``track.agree``), or between which a thumbnail of the face region
-differs from both (``track.hidden_change``: a face that left and came back, a hand, a cut),
-are detected at ``detect_size`` too (kept frames, else decoded again), and the rest are
-``carried`` by the tracker (null ``prob``). Crops
-come from frames kept in memory up to ``cache_mb`` per batch, else from re-decoding, a
-chunk at a time, through the same ``crop_pixels`` call that ``recrop`` uses.
+again, ``_unshrink``), and every decoded frame leaves a grey thumbnail. Once they are,
+the frames between two keyframes that disagree (``track.agree``), or between which a
+thumbnail of the face region differs from both (``track.hidden_change``: a face that left
+and came back, a hand, a cut), are detected at ``detect_size`` too (kept frames, else
+decoded again), and the rest are ``carried`` by the tracker (null ``prob``). Crops come
+from frames kept in memory up to ``cache_mb`` per batch, else from re-decoding, a chunk at
+a time, through the same ``crop_pixels`` call that ``recrop`` uses. A video's frames that
+this cache keeps are decoded several chunks per call (``_reads``).
 """
 
 from __future__ import annotations
@@ -56,16 +57,35 @@ from pipeline.faces.keyframe_steps import KeyframeSteps
 from pipeline.faces.prefetch import prefetched
 from pipeline.faces.recrop import CROPPED, crop_pixels, recrop
 from pipeline.faces.rows import empty_rows, opt_float, opt_str, with_keys
-from pipeline.faces.sample import DetectKey, Pending, Read, Sample, describe, stack_frames
+from pipeline.faces.sample import (
+    DetectKey,
+    Pending,
+    Read,
+    ReadFailed,
+    Sample,
+    describe,
+    stack_frames,
+)
 from schemas.tables import FACES
 
 __all__ = ["OUTPUT_COLUMNS", "ROW_COLUMNS", "CropSink", "FaceStage", "recrop"]
 
 ROW_COLUMNS = tuple(f.name for f in FACES if f.name != "crop")
 OUTPUT_COLUMNS = ROW_COLUMNS + ("crop_pixels",)
+# the most frames' bytes decoded in one call (decord's buffer and its copy exist together
+# for a moment), when the frame cache keeps that many anyway
+SPAN_BYTES = 64 * 2**20
 _STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "filled",
                 tracking.CARRIED: "carried"}
 CropSink = Callable[[np.ndarray, np.ndarray], None]  # (row positions, uint8 crops)
+def span_frames(chunk: int, frame_bytes: int | None, cache_left: float) -> int:
+    """Frames of a video decoded in one call: as many whole chunks as the frame cache keeps
+    (``cache_left`` bytes) up to SPAN_BYTES, at least one chunk."""
+    if not frame_bytes:
+        return chunk
+    return chunk * max(1, int(min(cache_left, SPAN_BYTES) // (chunk * frame_bytes)))
+
+
 class FaceStage(KeyframeSteps):
     """Decode -> detect -> track -> crop over a batch of manifest rows."""
 
@@ -171,13 +191,20 @@ class FaceStage(KeyframeSteps):
 
     def _reads(self, batch: dict[str, np.ndarray], stack: contextlib.ExitStack
                ) -> Iterator[Read]:
-        """Open the batch's samples one after another and read each one's frames a chunk at
-        a time (possibly in another thread: ``faces.prefetch``): (sample, -1, None,
-        seconds) for its opening, then (sample, first position, frames, seconds) per chunk,
-        where a chunk the decoder raises on comes as the error and ends that sample's reads.
-        A sample's decoder is let go once its frames are read (re-reads open it again), so
-        a shard of many samples never holds more than a couple open."""
+        """Open the batch's samples one after another and read each one's frames (possibly
+        in another thread: ``faces.prefetch``): (sample, -1, None, seconds) for its opening,
+        then (sample, first position, frames, seconds) per chunk of ``chunk_frames``, where
+        frames the decoder raises on come as ``ReadFailed`` and end that sample's reads.
+        A video's frames that the frame cache (``cache_mb``) will keep anyway are decoded
+        in one call of several chunks (a span, up to SPAN_BYTES), because each call after
+        the first seeks back to the keyframe before its first frame and decodes from there
+        again (decord must be stopped between calls, or it decodes the rest of the file
+        into memory while the stage works). A sample's decoder is
+        let go once its frames are read (re-reads open it again), so a shard of many
+        samples never holds more than a couple open."""
         n = len(batch["sample_id"])
+        step = self.cfg.chunk_frames
+        left = self.cfg.cache_mb * 2**20  # the cache as `_decode` fills it, in this order
         for i in range(n):
             if i == n // 2:
                 faults.maybe_fail("mid_shard", str(batch["shard_id"][i]))
@@ -186,30 +213,35 @@ class FaceStage(KeyframeSteps):
             yield s, -1, None, time.perf_counter() - t0
             if s.source is None:
                 continue
-            for lo in range(0, len(s.indices), self.cfg.chunk_frames):
-                if s.status is not None:
-                    break
+            size, lo = s.source.frame_bytes, 0
+            while lo < len(s.indices) and s.status is None:
+                span = span_frames(step, size, left)
+                at = s.indices[lo: lo + span]
                 t0 = time.perf_counter()
-                at = s.indices[lo: lo + self.cfg.chunk_frames]
                 try:
-                    frames: Sequence[np.ndarray | str] | Exception = s.source.read(at)
+                    frames: Sequence[np.ndarray | str] = s.source.read(at)
                 except DECODE_ERRORS as err:
-                    frames = err
-                yield s, lo, frames, time.perf_counter() - t0
-                if isinstance(frames, Exception):
+                    yield s, lo, ReadFailed(lo + len(at) - 1, err), time.perf_counter() - t0
                     break
+                seconds = time.perf_counter() - t0
+                for k in range(0, len(frames), step):
+                    yield s, lo + k, frames[k: k + step], seconds if k == 0 else 0.0
+                for frame in frames:
+                    if not isinstance(frame, str) and frame.nbytes <= left:
+                        left -= frame.nbytes
+                lo += len(at)
             s.source.close()
 
-    def _decode(self, s: Sample, lo: int, frames: Sequence[np.ndarray | str] | Exception,
+    def _decode(self, s: Sample, lo: int, frames: Sequence[np.ndarray | str] | ReadFailed,
                 pending: Pending, budget: list[int]) -> None:
         """One chunk of a sample's frames, from position ``lo``: keep full frames for the
         crop pass while the batch's ``cache_mb`` lasts, and queue downscaled copies for
         detection; a chunk that could not be read fails the sample."""
         if s.status is not None:
             return
-        if isinstance(frames, Exception):
-            last = min(lo + self.cfg.chunk_frames, len(s.indices)) - 1
-            s.fail("decode_error", f"reading frames {lo}..{last}: {describe(frames)}")
+        if isinstance(frames, ReadFailed):
+            s.fail("decode_error", f"reading frames {lo}..{frames.last}: "
+                                   f"{describe(frames.error)}")
             return
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for pos, frame in enumerate(frames, start=lo):
