@@ -29,8 +29,10 @@ class FacesConfig:
     num_frames: int = 16  # sampling='count': this many frames, evenly spaced
     folder_fps: float = 25.0  # frame folders: timestamp = position / folder_fps
     image_exts: tuple[str, ...] = IMAGE_EXTS  # frame files in folders
-    chunk_frames: int = 32  # frames decoded at once (bounds decode memory)
-    cache_mb: int = 256  # full frames kept per batch for the crop pass; beyond: re-decode
+    chunk_frames: int = 32  # frames handled at once (bounds decode memory beyond the cache)
+    # full frames kept per batch for the crop pass (beyond: decoded again); a video's frames
+    # that it keeps are decoded together, up to 64 MiB a call
+    cache_mb: int = 256
     detect_size: int = 320  # longest side of the frames MTCNN sees (never upscaled)
     detect_batch: int = 32  # equal-size frames per MTCNN call
     # every: MTCNN on each sampled frame; keyframe (default, 3-5x faster): on every
