@@ -103,6 +103,15 @@ def bench_clip(stage: FaceStage, path: str, frames: int) -> dict[str, float | st
             "stage": len(idx) / t_stage}
 
 
+def timed_batch(stage: FaceStage, paths: list[str], frames: int) -> tuple[dict, float, float]:
+    """One call of the stage on all clips: its rows, seconds, and the seconds it waited for
+    frames (the stage's ``wait`` phase: what the device would idle)."""
+    before = stage.seconds["wait"]
+    t0 = time.perf_counter()
+    out = stage(manifest(paths, frames))
+    return out, time.perf_counter() - t0, stage.seconds["wait"] - before
+
+
 def demo_clips(folder: str, count: int) -> list[str]:
     """``count`` videos of the bundled demo (its default look: 224 px, 40 frames), written
     as the demo writes them: subjects 0, 1, ... alternating the two classes."""
@@ -192,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--embed-model", default="autt-tiny",
                     help="image tower for the crops' cosine ('none': skip)")
     ap.add_argument("--embed-weights", default="random")
+    ap.add_argument("--prefetch", default=FacesConfig.prefetch, choices=("auto", "on", "off"),
+                    help="decode the next chunk in a thread (auto: on a GPU)")
     args = ap.parse_args(argv)
     if args.reps < 1 or args.frames < 1 or args.demo < 0:
         ap.error("--reps and --frames must be >= 1, --demo >= 0")
 
     import torch
 
-    base = FacesConfig(device=args.device, detect_size=args.detect_size)
+    base = FacesConfig(device=args.device, detect_size=args.detect_size, prefetch=args.prefetch)
     cfg = replace(base, detect_mode="every")
     stage = FaceStage(cfg, num_threads=args.threads)
     embed = None
@@ -214,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         first = open_source(paths[0], "video", cfg).read([0, 1])
         stage.detect_frames([f for f in first if not isinstance(f, str)])
         rows = [bench_clip(stage, p, args.frames) for p in paths]
-        t0 = time.perf_counter()
-        out = stage(manifest(paths, args.frames))
-        t_all = time.perf_counter() - t0
+        out, t_all, waited = timed_batch(stage, paths, args.frames)
         phases = dict(stage.seconds)
         keyed = []
         if args.keyframe_every > 0:
@@ -231,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             clips = paths + demo_clips(tmp, args.demo)
             keyed = [bench_modes(stages, p, args.frames, args.reps, embed) for p in clips]
             key_phases = dict(stages["keyframe"].seconds)
+            key_out, key_all, key_waited = timed_batch(stages["keyframe"], paths, args.frames)
 
     print(f"machine: {platform.node()} {platform.machine()} | CPU: {cpu_model()} | "
           f"cores: {os.cpu_count()} | load: {os.getloadavg()[0]:.2f}")
@@ -248,6 +258,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
           f"{n / t_all:9.1f}")
     print("stage seconds by phase (all calls): "
           + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
+    prefetch = "on" if stage.prefetching else "off"
+    print(f"one batch of all clips, decode included (prefetch {args.prefetch}: {prefetch}): "
+          f"per-frame detection {n / t_all:.1f} f/s, waiting for frames {waited:.2f} s of "
+          f"{t_all:.2f} s ({100 * waited / t_all:.0f} %)", end="")
+    if keyed:
+        print(f"; keyframe mode {len(key_out['status']) / key_all:.1f} f/s, waiting "
+              f"{key_waited:.2f} s of {key_all:.2f} s ({100 * key_waited / key_all:.0f} %)")
+    else:
+        print()
     if keyed:
         print(f"\nwhole stage, best of {args.reps} runs per clip: per-frame detection "
               f"(resample exact: the float kernels of tables made before 'fast', and fast) "

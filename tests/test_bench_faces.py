@@ -24,6 +24,11 @@ def test_bench_faces_prints_both_tables(capsys) -> None:
     ratio, faces, iou = float(key[4]), int(key[5]), float(key[8])
     assert ratio > 0 and faces == 10 and 0.5 < iou <= 1.0  # 10 frames of the 40, all faces
     assert re.search(r"keyframe mode, seconds by phase .*detect \d", out)
+    waits = re.search(r"per-frame detection [\d.]+ f/s, waiting for frames ([\d.]+) s of "
+                      r"([\d.]+) s .*keyframe mode [\d.]+ f/s, waiting ([\d.]+) s of ([\d.]+) s",
+                      out)
+    assert waits, out
+    assert 0 < float(waits[1]) <= float(waits[2]) and 0 < float(waits[3]) <= float(waits[4])
 
 
 def test_bench_faces_refuses_bad_sizes(capsys) -> None:

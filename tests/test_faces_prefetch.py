@@ -121,3 +121,33 @@ def test_a_shard_of_many_samples_holds_few_decoders_open(monkeypatch, prefetch):
     out = FaceStage(cfg, num_threads=1)(batch)
     assert set(out["status"]) <= {"ok", "carried", "filled"} and len(set(out["sample_id"])) == 10
     assert most[0] <= 3, most[0]  # one being read, one read ahead, one re-read for crops
+
+
+@needs_shared_faces()
+@pytest.mark.parametrize("prefetch", ["off", "on"])
+def test_the_stage_counts_the_time_it_waits_for_frames(monkeypatch, prefetch):
+    """``seconds['wait']``: without prefetch, all of the first pass's reading; with it, at
+    most that (what detection hid is not waited for). Reads are slowed by a known sleep."""
+    import time
+
+    real = VideoSource.read
+    slept = [0.0]
+
+    def slow(self, indices):
+        time.sleep(0.05)
+        slept[0] += 0.05
+        return real(self, indices)
+
+    monkeypatch.setattr(VideoSource, "read", slow)
+    batch = manifest({"sample_id": "single", "path": str(shared_faces_dir() / "single_face.mp4"),
+                      "end": 1.0})
+    stage = FaceStage(FacesConfig(detect_size=160, chunk_frames=8, cache_mb=1,
+                                  prefetch=prefetch), num_threads=1)
+    t0 = time.perf_counter()
+    stage(batch)
+    took = time.perf_counter() - t0
+    reads = int(round(slept[0] / 0.05))
+    assert reads >= 4 and stage.prefetching == (prefetch == "on")
+    assert stage.seconds["wait"] <= took
+    if prefetch == "off":  # the first pass's reads (not the crop pass's re-reads) waited on
+        assert stage.seconds["wait"] >= 0.05 * 4

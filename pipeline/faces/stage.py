@@ -78,6 +78,19 @@ SPAN_BYTES = 64 * 2**20
 _STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "filled",
                 tracking.CARRIED: "carried"}
 CropSink = Callable[[np.ndarray, np.ndarray], None]  # (row positions, uint8 crops)
+def _waited(items: Iterator[Read], seconds: dict[str, float]) -> Iterator[Read]:
+    """The items, adding the time spent waiting for each to ``seconds['wait']``."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            seconds["wait"] += time.perf_counter() - t0
+        yield item
+
+
 def span_frames(chunk: int, frame_bytes: int | None, cache_left: float) -> int:
     """Frames of a video decoded in one call: as many whole chunks as the frame cache keeps
     (``cache_left`` bytes) up to SPAN_BYTES, at least one chunk."""
@@ -101,7 +114,14 @@ class FaceStage(KeyframeSteps):
         # chunks decoded ahead in a thread: a GPU worker then never waits on its decoder
         on = cfg.prefetch == "on" or (cfg.prefetch == "auto" and self.device.type == "cuda")
         self._prefetch = 1 if on else 0
-        self.seconds: dict[str, float] = defaultdict(float)  # per phase, summed over calls
+        # per phase, summed over calls; "wait": the time ``run`` waited for the frames of
+        # its first pass (all of their decoding, or with prefetch what detection did not hide)
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @property
+    def prefetching(self) -> bool:
+        """Whether the next chunk is decoded in a thread while this one is detected."""
+        return self._prefetch > 0
 
     def _set_threads(self) -> None:
         # Ray may call from another thread than __init__, where torch runs single-threaded
@@ -136,7 +156,7 @@ class FaceStage(KeyframeSteps):
         with contextlib.ExitStack() as stack:  # remote media stay copied until cropped
             samples = []
             with prefetched(self._reads(batch, stack), self._prefetch) as reads:
-                for sample, lo, frames, seconds in reads:
+                for sample, lo, frames, seconds in _waited(reads, self.seconds):
                     self.seconds["decode"] += seconds
                     if frames is None:  # opened (or not: a decode_error sample)
                         samples.append(sample)
