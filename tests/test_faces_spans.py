@@ -18,17 +18,22 @@ from tests.test_faces_stage import manifest, one_thread  # noqa: F401  (autouse 
 BASE = {"sampling": "every_k", "every_k": 2, "detect_size": 160, "chunk_frames": 8}
 
 
+def _recorded(monkeypatch, owner, name: str) -> list[list[int]]:
+    """The frame indices (second argument) of every call of ``owner.name`` from now on."""
+    calls: list[list[int]] = []
+    real = getattr(owner, name)
+
+    def counted(first, indices):
+        calls.append([int(i) for i in indices])
+        return real(first, indices)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
 def _reads(monkeypatch) -> list[list[int]]:
     """The frame indices of every VideoSource.read from now on."""
-    calls: list[list[int]] = []
-    real = VideoSource.read
-
-    def counted(self, indices):
-        calls.append([int(i) for i in indices])
-        return real(self, indices)
-
-    monkeypatch.setattr(VideoSource, "read", counted)
-    return calls
+    return _recorded(monkeypatch, VideoSource, "read")
 
 
 def _batch():
@@ -81,3 +86,35 @@ def test_a_failing_span_names_its_frames(monkeypatch):
     n = len(out["status"])
     assert set(out["status"]) == {"decode_error"}
     assert set(out["error"]) == {f"reading frames 0..{n - 1}: OSError: the disk went away"}
+
+
+def test_a_corrupt_frame_in_a_span_falls_back_for_its_chunk_only(tmp_path, monkeypatch):
+    # a span decord raises on is decoded by PyAV (VideoSource.read), whose frames can differ
+    # from decord's (a stream that changes size mid-way: PyAV keeps each size, decord scales
+    # to the first); the span is read again by chunks, so that PyAV decodes the bad frame's
+    # chunk alone, as without spans, and the rows do not depend on cache_mb
+    from pipeline.faces import decode
+    from tests.test_faces_stage import broken_frame_video
+
+    _, bad = broken_frame_video(tmp_path)
+    fallbacks = _recorded(monkeypatch, decode, "read_with_pyav")
+    calls = _reads(monkeypatch)
+    outs = {}
+    for cache_mb in (256, 0):
+        fallbacks.clear()
+        calls.clear()
+        cfg = FacesConfig(chunk_frames=6, cache_mb=cache_mb, detect_mode="every")
+        outs[cache_mb] = FaceStage(cfg, num_threads=1)(manifest({"sample_id": "v",
+                                                                 "path": str(bad)}))
+        if cache_mb:
+            # the span, which PyAV decodes whole, then its chunks again: the frames kept
+            # come from these, PyAV's from the bad frame's chunk alone
+            assert calls[:4] == [list(range(16)), list(range(6)), list(range(6, 12)),
+                                 list(range(12, 16))]
+            assert fallbacks == [list(range(16)), list(range(6, 12))]
+    assert list(outs[256]["status"]) == ["ok"] * 8 + ["bad_frame"] + ["ok"] * 7
+    for column, values in outs[256].items():
+        if values.dtype.kind == "f":
+            np.testing.assert_array_equal(values, outs[0][column], err_msg=column)
+        else:
+            assert values.tolist() == outs[0][column].tolist(), column

@@ -178,10 +178,9 @@ def _astronaut_frames(n: int) -> list[np.ndarray]:
         (192, 192), Image.BICUBIC)) for k in range(n)]
 
 
-def test_a_corrupt_frame_costs_that_frame_alone(tmp_path):
+def broken_frame_video(tmp_path: Path) -> tuple[Path, Path]:
+    """A 16-frame video of a face and a copy of it whose frame 8 has a broken packet."""
     import av
-    from decord import VideoReader
-    from decord._ffi.base import DECORDError
 
     good, bad = tmp_path / "good.mp4", tmp_path / "bad.mp4"
     _write_video(good, _astronaut_frames(16))
@@ -191,6 +190,14 @@ def test_a_corrupt_frame_costs_that_frame_alone(tmp_path):
     data = bytearray(good.read_bytes())
     data[pos + 4: pos + size] = b"\xff" * (size - 4)
     bad.write_bytes(bytes(data))
+    return good, bad
+
+
+def test_a_corrupt_frame_costs_that_frame_alone(tmp_path):
+    from decord import VideoReader
+    from decord._ffi.base import DECORDError
+
+    good, bad = broken_frame_video(tmp_path)
     with pytest.raises(DECORDError):  # the fallback below really is needed
         VideoReader(str(bad)).get_batch(list(range(16)))
 

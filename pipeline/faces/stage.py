@@ -240,6 +240,14 @@ class FaceStage(KeyframeSteps):
                 t0 = time.perf_counter()
                 try:
                     frames: Sequence[np.ndarray | str] = s.source.read(at)
+                    if len(at) > step and not isinstance(frames, np.ndarray):
+                        # a frame decord could not decode: VideoSource.read decoded the whole
+                        # span another way (PyAV, whose frames may differ: a stream that
+                        # changes size mid-way comes at its own sizes, decord's at the
+                        # first). Read it again a chunk at a time, so that only the chunk
+                        # holding the bad frame comes that way, whatever ``cache_mb``.
+                        frames = [f for k in range(0, len(at), step)
+                                  for f in s.source.read(at[k: k + step])]
                 except DECODE_ERRORS as err:
                     yield s, lo, ReadFailed(lo + len(at) - 1, err), time.perf_counter() - t0
                     break
