@@ -72,8 +72,8 @@ __all__ = ["OUTPUT_COLUMNS", "ROW_COLUMNS", "CropSink", "FaceStage", "recrop"]
 
 ROW_COLUMNS = tuple(f.name for f in FACES if f.name != "crop")
 OUTPUT_COLUMNS = ROW_COLUMNS + ("crop_pixels",)
-# the most frames' bytes decoded in one call (decord's buffer and its copy exist together
-# for a moment), when the frame cache keeps that many anyway
+# the most frames' bytes decoded in one call, when the frame cache keeps that many anyway
+# (one buffer holds a span: it lives while any of its frames is kept)
 SPAN_BYTES = 64 * 2**20
 _STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "filled",
                 tracking.CARRIED: "carried"}
