@@ -138,3 +138,71 @@ def test_pyav_fallback_gives_decords_pixels(name):
     want = src.read(idx)
     got = read_with_pyav(str(FACES / name), idx)
     assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def _size_changing_video(path, tmp_path) -> None:
+    """32 frames of a face in one h264 stream that changes size: 16 at 192x192, then 16 at
+    96x96; every frame a keyframe, so a broken packet breaks its own frame alone."""
+    import fractions
+
+    import av
+
+    from tests.test_faces_stage import _astronaut_frames
+
+    frames = _astronaut_frames(32)
+    parts = []
+    for k, side in enumerate((192, 96)):
+        part = tmp_path / f"part{k}.h264"
+        with av.open(str(part), "w", format="h264") as out:
+            stream = out.add_stream("libx264", rate=25)
+            stream.width = stream.height = side
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"x264-params": "keyint=1"}
+            for img in frames[16 * k: 16 * (k + 1)]:
+                small = np.asarray(Image.fromarray(img).resize((side, side), Image.BICUBIC))
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(small, format="rgb24")))
+            out.mux(stream.encode())
+        parts.append(part.read_bytes())
+    joined = tmp_path / "joined.h264"
+    joined.write_bytes(b"".join(parts))
+    step = fractions.Fraction(1, 25)
+    with av.open(str(joined), format="h264") as src, av.open(str(path), "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0], rate=25)
+        stream.time_base = step
+        count = 0
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                packet.stream, packet.time_base = stream, step
+                packet.pts = packet.dts = count
+                packet.duration, count = 1, count + 1
+                dst.mux(packet)
+
+
+def test_a_broken_frame_of_a_stream_that_changes_size_leaves_the_others_at_its_size(tmp_path):
+    """decord scales every frame to the first one's size; where a broken packet sends a chunk
+    to PyAV, its frames are scaled the same way instead of coming at their own size."""
+    import av
+    from decord import VideoReader
+    from decord._ffi.base import DECORDError
+
+    good, bad = tmp_path / "good.mp4", tmp_path / "bad.mp4"
+    _size_changing_video(good, tmp_path)
+    with av.open(str(good)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+    assert len(packets) == 32
+    pos, size = packets[20]
+    data = bytearray(good.read_bytes())
+    data[pos + 4: pos + size] = b"\xff" * (size - 4)
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DECORDError):  # the fallback is needed
+        VideoReader(str(bad)).get_batch(list(range(16, 32)))
+
+    ref = VideoSource(str(good)).read(range(16, 32))
+    source = VideoSource(str(bad))
+    got = source.read(range(16, 32))
+    assert source.frame_shape == (192, 192) and ref.shape == (16, 192, 192, 3)
+    assert [i for i, f in enumerate(got) if isinstance(f, str)] == [4]
+    for i, frame in enumerate(got):
+        if i != 4:
+            assert frame.shape == (192, 192, 3)
+            assert np.abs(frame.astype(int) - ref[i]).mean() < 3  # another bicubic, same size

@@ -23,9 +23,9 @@ def _recorded(monkeypatch, owner, name: str) -> list[list[int]]:
     calls: list[list[int]] = []
     real = getattr(owner, name)
 
-    def counted(first, indices):
+    def counted(first, indices, *rest):
         calls.append([int(i) for i in indices])
-        return real(first, indices)
+        return real(first, indices, *rest)
 
     monkeypatch.setattr(owner, name, counted)
     return calls

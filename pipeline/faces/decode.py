@@ -169,8 +169,10 @@ class VideoSource(FrameSource):
         self.timestamps = self._vr.get_frame_timestamp(np.arange(len(self._vr)))[:, 0].astype(
             np.float64
         )
-        # an empty batch has the frames' shape and decodes nothing
-        self.frame_bytes = int(np.prod(self._vr.get_batch([]).shape[1:])) or None
+        # an empty batch has the frames' shape (every frame is scaled to it) and decodes nothing
+        empty = self._vr.get_batch([]).shape
+        self.frame_shape = (int(empty[1]), int(empty[2]))
+        self.frame_bytes = int(np.prod(empty[1:])) or None
 
     def _open(self) -> VideoReader:
         return VideoReader(self.path, ctx=cpu(0), num_threads=self.num_threads)
@@ -199,17 +201,22 @@ class VideoSource(FrameSource):
             # single-frame reads are no way out: its decoder thread runs ahead of the
             # reader, so a neighbour's broken packet can fail a good frame, depending on
             # timing. PyAV decodes synchronously and gives the same pixels (checked in
-            # the tests), so it tells good frames from bad ones deterministically.
+            # the tests; frames of a stream that changes size are scaled to decord's
+            # size, within a few grey levels), so it tells good frames from bad ones
+            # deterministically.
             self._vr = self._open()
             try:
-                return read_with_pyav(self.path, idx)
+                return read_with_pyav(self.path, idx, self.frame_shape)
             except (av.error.FFmpegError, OSError, ValueError) as err:
                 return [f"frame {i}: {_first_line(err)}" for i in idx]
 
 
-def read_with_pyav(path: str, indices: Sequence[int]) -> list[np.ndarray | str]:
+def read_with_pyav(path: str, indices: Sequence[int], shape: tuple[int, int] | None = None
+                   ) -> list[np.ndarray | str]:
     """Frames by decord's numbering (packets in presentation order) decoded with PyAV;
-    a frame whose packet fails to decode comes back as its error message."""
+    a frame whose packet fails to decode comes back as its error message. With ``shape``
+    (h, w), frames of another size (a stream whose size changes) are scaled to it, as
+    decord scales them to its first frame's."""
     with av.open(path) as container:
         stream = container.streams.video[0]
         pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
@@ -225,7 +232,7 @@ def read_with_pyav(path: str, indices: Sequence[int]) -> list[np.ndarray | str]:
                 # the last packet (size 0) flushes the decoder's delayed frames
                 for frame in packet.decode():
                     if frame.pts in wanted:
-                        frames[frame.pts] = _rgb(frame)
+                        frames[frame.pts] = _rgb(frame, shape)
             except av.error.FFmpegError as err:
                 errors[packet.pts] = _first_line(err)
             # every frame shown up to `last` is in packets decoded up to `last`; allow the
@@ -244,10 +251,15 @@ def read_with_pyav(path: str, indices: Sequence[int]) -> list[np.ndarray | str]:
     return out
 
 
-def _rgb(frame: av.VideoFrame) -> np.ndarray:
-    img = frame.to_ndarray(format="rgb24")
+def _rgb(frame: av.VideoFrame, shape: tuple[int, int] | None = None) -> np.ndarray:
     # decord applies the display rotation: do the same (counterclockwise degrees)
     turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    want = shape[::-1] if shape is not None and turns % 2 else shape  # (h, w) before turning
+    if want is None or (frame.height, frame.width) == tuple(want):
+        img = frame.to_ndarray(format="rgb24")
+    else:  # bicubic, like the scale filter decord's frames go through
+        img = frame.reformat(width=want[1], height=want[0], format="rgb24",
+                             interpolation="BICUBIC").to_ndarray()
     return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
 
 
