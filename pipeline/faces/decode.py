@@ -220,10 +220,16 @@ def read_with_pyav(path: str, indices: Sequence[int], shape: tuple[int, int] | N
     decord scales them to its first frame's (``_scaled``)."""
     with av.open(path) as container:
         stream = container.streams.video[0]
-        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
-        if any(i >= len(pts) for i in indices):
-            return [f"frame {i}: past the {len(pts)} packets PyAV sees" for i in indices]
-        wanted = {pts[i] for i in indices}
+        shown = [(p.pts, p.is_discard) for p in container.demux(stream)
+                 if p.pts is not None and p.size]
+        # decord numbers the frames the decoder shows: packets before an edit list's start
+        # (discarded: no frame) count in its length, and it repeats the frame before there,
+        # the last one when read in order
+        pts = sorted(p for p, discard in shown if not discard)
+        if not pts or any(i >= len(shown) for i in indices):
+            return [f"frame {i}: past the {len(pts)} frames PyAV sees" for i in indices]
+        at = {i: pts[min(i, len(pts) - 1)] for i in indices}
+        wanted = set(at.values())
         frames: dict[int, np.ndarray] = {}
         errors: dict[int, str] = {}
         graphs: dict = {}  # _scaled's filter graphs, per size
@@ -245,7 +251,7 @@ def read_with_pyav(path: str, indices: Sequence[int], shape: tuple[int, int] | N
                 break
     out: list[np.ndarray | str] = []
     for i in indices:
-        p = pts[i]
+        p = at[i]
         if p in frames:
             out.append(frames[p])
         else:
