@@ -18,7 +18,26 @@ if [ -d .whl ]; then
         --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD
 fi
-[ -d .media ] && export AUTT_SHARED_DATA=$PWD/.media
+[ -d .whl ] || echo "warning: no .whl/ here (run infra/gpu-wheels.sh, carry .whl)"
+[ -d .media ] && export AUTT_SHARED_DATA=$PWD/.media || echo "warning: no .media/ here"
+# every module the steps import, checked at once rather than one failing step at a time
+"$py" - <<'PY' | tee "$out/preflight.txt"
+import importlib
+
+from pipeline._torchvision_compat import ensure_torchvision_ops
+
+ensure_torchvision_ops()  # where torchvision's own ops cannot load (a CPU torch): as the stages do
+names = ("torch", "torchvision", "open_clip", "facenet_pytorch", "decord", "av", "timm",
+         "huggingface_hub", "safetensors", "regex", "ftfy", "yaml", "pyarrow", "pandas",
+         "fsspec", "PIL", "skimage", "pytest", "pipeline.faces.stage", "pipeline.embed.stage")
+missing = []
+for name in names:
+    try:
+        importlib.import_module(name)
+    except Exception as err:  # noqa: BLE001  (reported, the checks go on)
+        missing.append(f"{name} ({type(err).__name__}: {err})")
+print("preflight: all imports work" if not missing else "preflight: missing " + "; ".join(missing))
+PY
 step() {  # name, seconds, command...: run one check, log it, keep going if it fails
     local name=$1 limit=$2; shift 2
     echo "== $name: $*"

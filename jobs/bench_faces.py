@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     print(f"{'one batch of all clips':28s} {'':>9s} {n:6d} {'':>5s} "
           f"{int((out['status'] == 'ok').sum()):4d} {'':>10s} {'':>9s} {'':>10s} "
           f"{n / t_all:9.1f}")
-    print("stage seconds by phase (all calls): "
+    print("stage seconds by phase (all calls; wait is part of decode or overlaps it): "
           + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
     prefetch = "on" if stage.prefetching else "off"
     print(f"one batch of all clips, decode included (prefetch {args.prefetch}: {prefetch}): "
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                   f"{k['ratio']:6.2f} {k['faces']:5d} {k['carried']:7d} {k['one_only']:8d} "
                   f"{k['iou']:8.3f} {k['worst']:10.3f} @{k['worst_at']:<4d} {k['cos']:8.4f} "
                   f"{k['cos_min']:7.4f} {k['cos_next']:8.4f}")
-        print("keyframe mode, seconds by phase (all runs): "
+        print("keyframe mode, seconds by phase (all runs; wait as above): "
               + ", ".join(f"{k} {v:.2f}s" for k, v in key_phases.items()))
     return 0
 
