@@ -30,7 +30,8 @@ from jobs.benchinfo import cpu_model
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.decode import open_source, sample_indices
 from pipeline.faces.shard import WITH_FACE
-from pipeline.faces.stage import FaceStage, span_frames
+from pipeline.faces.spans import span_frames
+from pipeline.faces.stage import FaceStage
 from pipeline.faces.track import iou
 
 CLIPS = ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "face_noface.mov", "no_face.mp4")

@@ -66,37 +66,16 @@ from pipeline.faces.sample import (
     describe,
     stack_frames,
 )
+from pipeline.faces.spans import cache_after, read_span, span_frames, waited
 from schemas.tables import FACES
 
 __all__ = ["OUTPUT_COLUMNS", "ROW_COLUMNS", "CropSink", "FaceStage", "recrop"]
 
 ROW_COLUMNS = tuple(f.name for f in FACES if f.name != "crop")
 OUTPUT_COLUMNS = ROW_COLUMNS + ("crop_pixels",)
-# the most frames' bytes decoded in one call, when the frame cache keeps that many anyway
-# (one buffer holds a span: it lives while any of its frames is kept)
-SPAN_BYTES = 64 * 2**20
 _STATE_NAMES = {tracking.NONE: "no_face", tracking.OK: "ok", tracking.FILLED: "filled",
                 tracking.CARRIED: "carried"}
 CropSink = Callable[[np.ndarray, np.ndarray], None]  # (row positions, uint8 crops)
-def _waited(items: Iterator[Read], seconds: dict[str, float]) -> Iterator[Read]:
-    """The items, adding the time spent waiting for each to ``seconds['wait']``."""
-    while True:
-        t0 = time.perf_counter()
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        finally:
-            seconds["wait"] += time.perf_counter() - t0
-        yield item
-
-
-def span_frames(chunk: int, frame_bytes: int | None, cache_left: float) -> int:
-    """Frames of a video decoded in one call: as many whole chunks as the frame cache keeps
-    (``cache_left`` bytes) up to SPAN_BYTES, at least one chunk."""
-    if not frame_bytes:
-        return chunk
-    return chunk * max(1, int(min(cache_left, SPAN_BYTES) // (chunk * frame_bytes)))
 
 
 class FaceStage(KeyframeSteps):
@@ -156,7 +135,7 @@ class FaceStage(KeyframeSteps):
         with contextlib.ExitStack() as stack:  # remote media stay copied until cropped
             samples = []
             with prefetched(self._reads(batch, stack), self._prefetch) as reads:
-                for sample, lo, frames, seconds in _waited(reads, self.seconds):
+                for sample, lo, frames, seconds in waited(reads, self.seconds):
                     self.seconds["decode"] += seconds
                     if frames is None:  # opened (or not: a decode_error sample)
                         samples.append(sample)
@@ -216,12 +195,9 @@ class FaceStage(KeyframeSteps):
         then (sample, first position, frames, seconds) per chunk of ``chunk_frames``, where
         frames the decoder raises on come as ``ReadFailed`` and end that sample's reads.
         A video's frames that the frame cache (``cache_mb``) will keep anyway are decoded
-        in one call of several chunks (a span, up to SPAN_BYTES), because each call after
-        the first seeks back to the keyframe before its first frame and decodes from there
-        again (decord must be stopped between calls, or it decodes the rest of the file
-        into memory while the stage works). A sample's decoder is
-        let go once its frames are read (re-reads open it again), so a shard of many
-        samples never holds more than a couple open."""
+        in one call of several chunks (``spans``). A sample's decoder is let go once its
+        frames are read (re-reads open it again), so a shard of many samples never holds
+        more than a couple open."""
         n = len(batch["sample_id"])
         step = self.cfg.chunk_frames
         left = self.cfg.cache_mb * 2**20  # the cache as `_decode` fills it, in this order
@@ -239,24 +215,14 @@ class FaceStage(KeyframeSteps):
                 at = s.indices[lo: lo + span]
                 t0 = time.perf_counter()
                 try:
-                    frames: Sequence[np.ndarray | str] = s.source.read(at)
-                    if len(at) > step and not isinstance(frames, np.ndarray):
-                        # a frame decord could not decode: VideoSource.read decoded the whole
-                        # span another way (PyAV, whose frames may differ: a stream that
-                        # changes size mid-way comes at its own sizes, decord's at the
-                        # first). Read it again a chunk at a time, so that only the chunk
-                        # holding the bad frame comes that way, whatever ``cache_mb``.
-                        frames = [f for k in range(0, len(at), step)
-                                  for f in s.source.read(at[k: k + step])]
+                    frames = read_span(s.source, at, step)
                 except DECODE_ERRORS as err:
                     yield s, lo, ReadFailed(lo + len(at) - 1, err), time.perf_counter() - t0
                     break
                 seconds = time.perf_counter() - t0
                 for k in range(0, len(frames), step):
                     yield s, lo + k, frames[k: k + step], seconds if k == 0 else 0.0
-                for frame in frames:
-                    if not isinstance(frame, str) and frame.nbytes <= left:
-                        left -= frame.nbytes
+                left = cache_after(frames, left)
                 lo += len(at)
             s.source.close()
 
